@@ -1,0 +1,231 @@
+"""Consuming with prefetch and manual acks tied to the handler's outcome.
+
+- ``Ack``: ack.
+- ``DeadLetter(code)``: republish the original body to the dead-letter exchange with the reason
+  in headers (confirmed), then ack. If that republish fails, ``reject(requeue=False)`` lets the
+  broker dead-letter it by policy (reason ``rejected`` in ``x-death``): never a silent drop.
+- ``Requeue`` or an unexpected exception: nack with requeue after a short backoff. The quorum
+  queue's ``delivery-limit`` policy dead-letters a message that keeps failing, so a poison
+  message cannot loop forever and the worker never crashes on one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+
+from broker_adapter.errors import BrokerAdapterError, TransportError
+from broker_adapter.transport import metrics
+from broker_adapter.transport.delivery import Ack, DeadLetter, Delivery, Outcome, Requeue
+from broker_adapter.transport.publisher import OutgoingMessage, Publisher
+
+log = logging.getLogger("broker_adapter.transport")
+
+Handler = Callable[[Delivery], Awaitable[Outcome]]
+
+DEAD_LETTER_EXCHANGE = "akma.dlx"
+# Header names are part of the operator interface (management UI, alerts): keep them stable.
+H_REASON = "x-akma-reason"
+H_DETAIL = "x-akma-detail"
+H_QUEUE = "x-akma-queue"
+H_CONSUMER = "x-akma-consumer"
+H_REJECTED_AT = "x-akma-rejected-at"
+H_ORIGINAL_USER = "x-akma-original-user-id"
+
+_MAX_DETAIL = 200
+
+
+def to_delivery(message: AbstractIncomingMessage, queue: str) -> Delivery:
+    headers = dict(message.headers or {})
+    raw_count = headers.get("x-delivery-count", 0)
+    count = raw_count if isinstance(raw_count, int) else 0
+    return Delivery(
+        body=message.body,
+        queue=queue,
+        message_id=message.message_id,
+        correlation_id=message.correlation_id,
+        msg_type=message.type,
+        reply_to=message.reply_to,
+        user_id=message.user_id,
+        redelivered=bool(message.redelivered),
+        delivery_count=count,
+        exchange=message.exchange,
+        routing_key=message.routing_key,
+        headers=headers,
+    )
+
+
+class Consumer:
+    """Consumes one queue with a bounded number of deliveries in flight."""
+
+    def __init__(
+        self,
+        connection: AbstractRobustConnection,
+        queue_name: str,
+        handler: Handler,
+        *,
+        publisher: Publisher,
+        prefetch: int = 64,
+        requeue_backoff_s: float = 0.1,
+    ) -> None:
+        self._connection = connection
+        self._queue_name = queue_name
+        self._handler = handler
+        self._publisher = publisher
+        self._prefetch = prefetch
+        self._requeue_backoff_s = requeue_backoff_s
+        self._channel: AbstractChannel | None = None
+        self._queue: AbstractQueue | None = None
+        self._consumer_tag: str | None = None
+        self._in_flight: set[asyncio.Task[Any]] = set()
+        self._stopping = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def queue_name(self) -> str:
+        return self._queue_name
+
+    async def start(self) -> None:
+        # The channel is ours alone so that its prefetch applies to this queue only. We keep a
+        # strong reference: aio-pika holds channels weakly.
+        self._channel = await self._connection.channel(publisher_confirms=False)
+        await self._channel.set_qos(prefetch_count=self._prefetch)
+        # A passive declare needs no configure permission and, unlike get_queue(ensure=False),
+        # is restored by the robust connection after a reconnect together with the consumer.
+        self._queue = await self._channel.declare_queue(self._queue_name, passive=True)
+        self._consumer_tag = await self._queue.consume(self._on_message, no_ack=False)
+        log.info("consuming", extra={"queue": self._queue_name})
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._in_flight.add(task)
+            self._idle.clear()
+        metrics.IN_FLIGHT.labels(queue=self._queue_name).inc()
+        started = time.perf_counter()
+        try:
+            await self._handle(message)
+        finally:
+            metrics.HANDLER_SECONDS.labels(queue=self._queue_name).observe(
+                time.perf_counter() - started
+            )
+            metrics.IN_FLIGHT.labels(queue=self._queue_name).dec()
+            if task is not None:
+                self._in_flight.discard(task)
+                if not self._in_flight:
+                    self._idle.set()
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
+        delivery = to_delivery(message, self._queue_name)
+        try:
+            outcome = await self._handler(delivery)
+        except asyncio.CancelledError:
+            # Shutdown while handling: give the message back untouched for another worker.
+            await self._settle_quietly(message, requeue=True)
+            raise
+        except BrokerAdapterError as exc:
+            # Our own coded errors escaping a handler are verdicts on the message.
+            outcome = DeadLetter(exc.code, exc.detail)
+        except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the worker
+            log.exception("handler failed", extra={"queue": self._queue_name})
+            outcome = Requeue(f"handler error: {type(exc).__name__}")
+        await self._apply(message, delivery, outcome)
+
+    async def _apply(
+        self, message: AbstractIncomingMessage, delivery: Delivery, outcome: Outcome
+    ) -> None:
+        try:
+            if isinstance(outcome, Ack):
+                await message.ack()
+                metrics.CONSUMED.labels(queue=self._queue_name, outcome="ack").inc()
+            elif isinstance(outcome, DeadLetter):
+                await self._dead_letter(message, delivery, outcome)
+            else:
+                # Back off a little so a transient fault does not become a hot loop; the
+                # delivery count grows the wait, the delivery limit ends it.
+                await asyncio.sleep(min(self._requeue_backoff_s * (2**delivery.delivery_count), 2.0))
+                await message.nack(requeue=True)
+                metrics.CONSUMED.labels(queue=self._queue_name, outcome="requeue").inc()
+                log.warning(
+                    "requeued",
+                    extra={"queue": self._queue_name, "detail": outcome.detail,
+                           "delivery_count": delivery.delivery_count},
+                )
+        except Exception:  # noqa: BLE001 - the channel died; the broker redelivers unacked
+            log.warning("could not settle delivery; the broker will redeliver it", exc_info=True)
+
+    async def _dead_letter(
+        self, message: AbstractIncomingMessage, delivery: Delivery, outcome: DeadLetter
+    ) -> None:
+        metrics.REJECTED.labels(queue=self._queue_name, reason=outcome.code).inc()
+        metrics.CONSUMED.labels(queue=self._queue_name, outcome="dead_letter").inc()
+        log.warning(
+            "dead-lettered",
+            extra={"queue": self._queue_name, "reason": outcome.code,
+                   "detail": outcome.detail[:_MAX_DETAIL], "message_id": delivery.message_id,
+                   "user_id": delivery.user_id},
+        )
+        headers: dict[str, Any] = {
+            H_REASON: outcome.code,
+            H_DETAIL: outcome.detail[:_MAX_DETAIL],
+            H_QUEUE: self._queue_name,
+            H_CONSUMER: self._publisher.identity,
+            H_REJECTED_AT: int(time.time() * 1000),
+        }
+        if delivery.user_id is not None:
+            headers[H_ORIGINAL_USER] = delivery.user_id
+        try:
+            await self._publisher.publish(
+                DEAD_LETTER_EXCHANGE,
+                self._queue_name,
+                OutgoingMessage(
+                    body=delivery.body,
+                    message_id=delivery.message_id or "",
+                    correlation_id=delivery.correlation_id,
+                    msg_type=delivery.msg_type,
+                    headers=headers,
+                ),
+            )
+        except TransportError:
+            log.warning("dead-letter republish failed; falling back to broker dead-lettering",
+                        exc_info=True)
+            await message.reject(requeue=False)
+            return
+        await message.ack()
+
+    @staticmethod
+    async def _settle_quietly(message: AbstractIncomingMessage, *, requeue: bool) -> None:
+        try:
+            await message.nack(requeue=requeue)
+        except Exception:  # noqa: BLE001 - the broker redelivers unacked messages anyway
+            pass
+
+    async def stop(self, *, drain_timeout_s: float = 10.0) -> None:
+        """Stop taking deliveries, let in-flight ones finish (bounded), then close the channel."""
+        if self._stopping:
+            return
+        self._stopping = True
+        if self._queue is not None and self._consumer_tag is not None:
+            try:
+                await self._queue.cancel(self._consumer_tag)
+            except Exception:  # noqa: BLE001 - a dead channel has no consumer left to cancel
+                pass
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout=drain_timeout_s)
+        except asyncio.TimeoutError:
+            log.warning("drain timed out; cancelling %d handlers", len(self._in_flight))
+            for task in list(self._in_flight):
+                task.cancel()
+        if self._channel is not None and not self._channel.is_closed:
+            await self._channel.close()
