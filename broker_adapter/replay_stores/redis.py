@@ -1,0 +1,167 @@
+"""Redis replay store: one state shared by every replica that consumes the same queue.
+
+Each operation is one Lua script, which Redis runs atomically, so N replicas racing for a key
+see exactly one PROCESS. Scripts are sent with EVALSHA and loaded on a NOSCRIPT error (the
+client's ``register_script`` does this), so the script text crosses the wire once per server.
+Every script touches one key, so the store also works on a Redis Cluster.
+
+An entry is a single string value with a PX expiry (Redis deletes it when its message could no
+longer pass the timestamp check), laid out to stay small:
+
+    IN_PROGRESS  digest(16) 'P' token(8) lease_until_ms (decimal)
+    DONE         digest(16) 'D'
+    DONE         digest(16) 'R' cached response
+
+The Lua code mirrors ``broker_adapter.replay.decide``, ``completed_entry`` and
+``may_release``; the integration tests hold the two to the same behaviour.
+"""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
+
+from broker_adapter.replay import (
+    DIGEST_BYTES,
+    TOKEN_BYTES,
+    Decision,
+    DecisionKind,
+    Entry,
+    EntryState,
+    ReplayStoreError,
+)
+
+# Reply codes of the claim script, in the order of the checks in ``decide``.
+_CLAIMED_NEW, _RECLAIMED, _IN_PROGRESS, _DONE, _CONFLICT = 0, 1, 2, 3, 4
+
+_STATE_AT = DIGEST_BYTES + 1  # 1-based position of the state byte, for Lua's string.sub
+_TOKEN_FROM = _STATE_AT + 1
+_TOKEN_TO = _STATE_AT + TOKEN_BYTES
+
+# KEYS[1] entry; ARGV[1] the new IN_PROGRESS value, ARGV[2] now_ms, ARGV[3] time to live in ms.
+_CLAIM_LUA = f"""
+local new = ARGV[1]
+local old = redis.call('GET', KEYS[1])
+if old then
+  if string.sub(old, 1, {DIGEST_BYTES}) ~= string.sub(new, 1, {DIGEST_BYTES}) then
+    return {{{_CONFLICT}}}
+  end
+  local state = string.sub(old, {_STATE_AT}, {_STATE_AT})
+  if state == 'D' then return {{{_DONE}}} end
+  if state == 'R' then return {{{_DONE}, string.sub(old, {_STATE_AT + 1})}} end
+  local lease = tonumber(string.sub(old, {_TOKEN_TO + 1}))
+  if lease > tonumber(ARGV[2]) then return {{{_IN_PROGRESS}, lease}} end
+  redis.call('SET', KEYS[1], new, 'PX', ARGV[3])
+  return {{{_RECLAIMED}}}
+end
+redis.call('SET', KEYS[1], new, 'PX', ARGV[3])
+return {{{_CLAIMED_NEW}}}
+"""
+
+# KEYS[1] entry; ARGV[1] owner token, ARGV[2] '1' if a response follows, ARGV[3] the response.
+# KEEPTTL: finishing a message must not extend or shorten how long it is remembered.
+_COMPLETE_LUA = f"""
+local old = redis.call('GET', KEYS[1])
+if not old or string.sub(old, {_STATE_AT}, {_STATE_AT}) ~= 'P'
+   or string.sub(old, {_TOKEN_FROM}, {_TOKEN_TO}) ~= ARGV[1] then
+  return 0
+end
+local done
+if ARGV[2] == '1' then
+  done = string.sub(old, 1, {DIGEST_BYTES}) .. 'R' .. ARGV[3]
+else
+  done = string.sub(old, 1, {DIGEST_BYTES}) .. 'D'
+end
+redis.call('SET', KEYS[1], done, 'KEEPTTL')
+return 1
+"""
+
+# KEYS[1] entry; ARGV[1] owner token.
+_RELEASE_LUA = f"""
+local old = redis.call('GET', KEYS[1])
+if not old or string.sub(old, {_STATE_AT}, {_STATE_AT}) ~= 'P'
+   or string.sub(old, {_TOKEN_FROM}, {_TOKEN_TO}) ~= ARGV[1] then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+
+class RedisReplayStore:
+    """Replay entries in Redis under ``prefix``; the client stays owned by the caller.
+
+    The client must return bytes (``decode_responses=False``, the default), because keys,
+    digests, tokens and cached responses are binary.
+    """
+
+    def __init__(self, client: Redis, prefix: str = "akma:replay:") -> None:
+        if client.connection_pool.connection_kwargs.get("decode_responses", False):
+            raise ValueError("the Redis client must be created with decode_responses=False")
+        self._client = client
+        self._prefix = prefix.encode("utf-8")
+        self._claim_script = client.register_script(_CLAIM_LUA)
+        self._complete_script = client.register_script(_COMPLETE_LUA)
+        self._release_script = client.register_script(_RELEASE_LUA)
+
+    def redis_key(self, key: bytes) -> bytes:
+        """The Redis key of a replay key (for operators and tests)."""
+        return self._prefix + key
+
+    async def claim(self, key: bytes, candidate: Entry, now_ms: int) -> Decision:
+        if len(candidate.digest) != DIGEST_BYTES or len(candidate.token) != TOKEN_BYTES:
+            raise ValueError("digest and token must have the fixed sizes of the value layout")
+        if candidate.state is not EntryState.IN_PROGRESS:
+            raise ValueError("a claim writes an IN_PROGRESS entry")
+        ttl_ms = candidate.expires_at_ms - now_ms
+        if ttl_ms <= 0:
+            raise ValueError("the candidate entry is already expired")
+        value = candidate.digest + b"P" + candidate.token + str(candidate.lease_until_ms).encode()
+        try:
+            reply = await self._claim_script(
+                keys=[self.redis_key(key)], args=[value, now_ms, ttl_ms]
+            )
+        except (RedisError, OSError) as exc:
+            raise ReplayStoreError(f"replay store: {exc}") from exc
+        return _decision(reply)
+
+    async def complete(self, key: bytes, token: bytes, response: bytes | None, now_ms: int) -> bool:
+        # now_ms is not needed: Redis itself has deleted an expired entry.
+        del now_ms
+        args = [token, b"1", response] if response is not None else [token, b"0", b""]
+        return await self._call_flag(self._complete_script, key, args)
+
+    async def release(self, key: bytes, token: bytes, now_ms: int) -> bool:
+        del now_ms
+        return await self._call_flag(self._release_script, key, [token])
+
+    async def close(self) -> None:
+        """Nothing to do: the caller created the client and closes it."""
+
+    async def _call_flag(self, script: AsyncScript, key: bytes, args: list[bytes]) -> bool:
+        try:
+            reply = await script(keys=[self.redis_key(key)], args=args)
+        except (RedisError, OSError) as exc:
+            raise ReplayStoreError(f"replay store: {exc}") from exc
+        return bool(reply == 1)
+
+
+def _decision(reply: object) -> Decision:
+    if not isinstance(reply, list) or not reply or not isinstance(reply[0], int):
+        raise ReplayStoreError(f"replay store: unexpected script reply {reply!r}")
+    code = reply[0]
+    if code == _CLAIMED_NEW:
+        return Decision(DecisionKind.PROCESS_NEW)
+    if code == _RECLAIMED:
+        return Decision(DecisionKind.PROCESS_RECLAIMED)
+    if code == _IN_PROGRESS:
+        return Decision(DecisionKind.DUPLICATE_IN_PROGRESS, lease_until_ms=int(reply[1]))
+    if code == _DONE:
+        response = reply[1] if len(reply) > 1 else None
+        if response is not None and not isinstance(response, bytes):
+            raise ReplayStoreError("replay store: cached response is not bytes")
+        return Decision(DecisionKind.DUPLICATE_DONE, response=response)
+    if code == _CONFLICT:
+        return Decision(DecisionKind.CONFLICT)
+    raise ReplayStoreError(f"replay store: unknown script reply code {code}")

@@ -1,0 +1,164 @@
+"""Redis store against a real Redis: shared state between guards, atomic claims, expiry.
+
+Uses AKMA_TEST_REDIS_URL or the machine's Redis at 127.0.0.1:6379, under a key prefix unique to
+the test and deleted afterwards. Without a reachable Redis the tests are skipped, except under
+CI=true, where that is a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from broker_adapter.replay import (
+    ClaimOutcome,
+    ReplayConflictError,
+    ReplayGuard,
+    ReplayStore,
+    ReplayStoreError,
+)
+from broker_adapter.replay_stores import RedisReplayStore, system_clock_ms
+from tests.unit.test_replay_contract import StoreContract, make_guard
+
+pytestmark = pytest.mark.redis
+
+REDIS_URL = os.environ.get("AKMA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+async def _connect() -> Redis:
+    client = Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        await client.ping()
+    except (RedisError, OSError) as exc:
+        await client.aclose()
+        message = f"Redis not reachable at {REDIS_URL} ({exc}); set AKMA_TEST_REDIS_URL"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return client
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"akma-test:replay:{uuid.uuid4().hex}:"
+
+
+@pytest.fixture
+async def redis_client(prefix: str) -> AsyncIterator[Redis]:
+    client = await _connect()
+    yield client
+    keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+class TestRedisContract(StoreContract):
+    @pytest.fixture
+    async def store(self, redis_client: Redis, prefix: str) -> ReplayStore:
+        return RedisReplayStore(redis_client, prefix)
+
+
+async def test_two_guards_on_two_clients_share_state(redis_client: Redis, prefix: str) -> None:
+    other_client = await _connect()
+    try:
+        a = make_guard(RedisReplayStore(redis_client, prefix), system_clock_ms)
+        b = make_guard(RedisReplayStore(other_client, prefix), system_clock_ms)
+        msg_id, dig, stamp = os.urandom(16), os.urandom(32), system_clock_ms()
+        claim = await a.claim("af1", msg_id, dig, stamp)
+        assert claim.outcome is ClaimOutcome.PROCESS
+        assert (await b.claim("af1", msg_id, dig, stamp)).outcome is (
+            ClaimOutcome.DUPLICATE_IN_PROGRESS
+        )
+        assert await a.complete(claim, b"reply")
+        seen = await b.claim("af1", msg_id, dig, stamp)
+        assert seen.outcome is ClaimOutcome.DUPLICATE_DONE and seen.cached_response == b"reply"
+        with pytest.raises(ReplayConflictError):
+            await b.claim("af1", msg_id, os.urandom(32), stamp)
+    finally:
+        await other_client.aclose()
+
+
+async def test_only_one_of_many_concurrent_claimers_processes(
+    redis_client: Redis, prefix: str
+) -> None:
+    clients = [await _connect() for _ in range(4)]
+    try:
+        guards = [
+            make_guard(RedisReplayStore(c, prefix), system_clock_ms)
+            for c in clients
+            for _ in range(5)
+        ]
+        for _ in range(20):
+            msg_id, dig, stamp = os.urandom(16), os.urandom(32), system_clock_ms()
+            claims = await asyncio.gather(*(g.claim("af1", msg_id, dig, stamp) for g in guards))
+            winners = [c for c in claims if c.outcome is ClaimOutcome.PROCESS]
+            assert len(winners) == 1
+    finally:
+        for c in clients:
+            await c.aclose()
+
+
+async def test_entries_expire_after_window_plus_two_skews(redis_client: Redis, prefix: str) -> None:
+    store = RedisReplayStore(redis_client, prefix)
+    guard = ReplayGuard(
+        store, window_ms=200, skew_ms=50, in_progress_lease_ms=100, clock=system_clock_ms
+    )
+    stamp = system_clock_ms()
+    done = await guard.claim("af1", os.urandom(16), os.urandom(32), stamp)
+    busy = await guard.claim("af1", os.urandom(16), os.urandom(32), stamp)
+    assert await guard.complete(done, b"x")
+    for claim in (done, busy):
+        ttl = await redis_client.pttl(store.redis_key(claim.key))
+        assert 0 < ttl <= 300  # completing kept the expiry (KEEPTTL), it did not reset it
+    await asyncio.sleep(0.45)
+    for claim in (done, busy):
+        assert not await redis_client.exists(store.redis_key(claim.key))
+    # The owner of an expired entry can no longer complete it.
+    assert not await guard.complete(busy)
+
+
+async def test_memory_per_key_within_budget(redis_client: Redis, prefix: str) -> None:
+    store = RedisReplayStore(redis_client)  # the default prefix, as deployed
+    guard = make_guard(store, system_clock_ms)
+    stamp = system_clock_ms()
+    busy = await guard.claim("af1.example.com", os.urandom(16), os.urandom(32), stamp)
+    done = await guard.claim("af1.example.com", os.urandom(16), os.urandom(32), stamp)
+    await guard.complete(done)
+    try:
+        for claim in (busy, done):
+            usage = await redis_client.memory_usage(store.redis_key(claim.key))
+            assert usage is not None and usage <= 256
+    finally:
+        await redis_client.delete(store.redis_key(busy.key), store.redis_key(done.key))
+
+
+async def test_unreachable_redis_is_a_store_error() -> None:
+    # No client-side retries: the point is what the store makes of the final failure.
+    client = Redis(
+        host="127.0.0.1", port=1, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)
+    )
+    try:
+        guard = make_guard(RedisReplayStore(client), system_clock_ms)
+        with pytest.raises(ReplayStoreError) as info:
+            await guard.claim("af1", os.urandom(16), os.urandom(32), system_clock_ms())
+        assert info.value.code == "replay_store_unavailable"
+    finally:
+        await client.aclose()
+
+
+async def test_text_mode_client_refused() -> None:
+    client = Redis(decode_responses=True)
+    try:
+        with pytest.raises(ValueError):
+            RedisReplayStore(client)
+    finally:
+        await client.aclose()
