@@ -1,0 +1,257 @@
+"""Micro-benchmark: envelope seal+open per suite against a nested JWS-in-JWE (joserfc).
+
+Run from the repository root:  .venv/bin/python -m bench.envelope_bench [--number N]
+
+Not a timed test: it prints a markdown table and writes bench/results/envelope.json. Both
+paths carry the same claims (sender, recipient, message id, timestamp, correlation id, type
+and a 200-byte body). The envelope side includes everything ``open_envelope`` does (strict
+parsing, trust-store lookup with its cached verdict, all identity and time checks); the JOSE
+side only signs/encrypts and decrypts/verifies, with no certificate or claim checks, so the
+comparison flatters JOSE, not us.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import cryptography
+from cryptography.hazmat.primitives import hpke
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mlkem, x25519
+from joserfc import jwe, jws
+from joserfc.jwk import OKPKey
+
+from broker_adapter.envelope import EnvelopePolicy, open_envelope, seal
+from broker_adapter.identity import LocalIdentity
+from broker_adapter.suites import DEFAULT_SUITE_NAME, SUITES
+from broker_adapter.trust import TrustMaterial, TrustStore
+from infra import pki
+
+RESULTS = Path(__file__).with_name("results") / "envelope.json"
+BODY = os.urandom(200)
+CORRELATION = os.urandom(16)
+
+
+# CPU time of this process by default: on a shared machine, wall time also counts the time other
+# processes held the CPU, which says nothing about either path. ``--wall`` switches to wall time.
+_CLOCK: Callable[[], float] = time.process_time
+
+
+def _time(fn: Callable[[], object], number: int, repeat: int) -> float:
+    """Median over ``repeat`` runs of the mean microseconds per call."""
+    fn()  # warm caches (the trust store's verdict cache in particular)
+    runs = []
+    for _ in range(repeat):
+        start = _CLOCK()
+        for _ in range(number):
+            fn()
+        runs.append((_CLOCK() - start) / number * 1e6)
+    return statistics.median(runs)
+
+
+def _world() -> dict[str, Any]:
+    now = datetime.now(UTC)
+    ca_cert, ca_key = pki.create_ca("Bench CA", now=now - timedelta(days=1))
+
+    def issue(name: str, purpose: pki.Purpose, public_key: Any, **kw: Any) -> Any:
+        return pki.issue_cert(
+            ca_cert, ca_key, identity=name, purpose=purpose, public_key=public_key, now=now, **kw
+        )
+
+    p256 = ec.generate_private_key(ec.SECP256R1())
+    ed = ed25519.Ed25519PrivateKey.generate()
+    sender_p256 = issue("af1.example.com", "sign", p256.public_key())
+    sender_ed = issue("af1.example.com", "sign", ed.public_key())
+    x = x25519.X25519PrivateKey.generate()
+    enc = issue("network", "enc", x.public_key())
+    m, xq = mlkem.MLKEM768PrivateKey.generate(), x25519.X25519PrivateKey.generate()
+    enc_pq = issue(
+        "network", "enc-pq", xq.public_key(), mlkem_public_bytes=m.public_key().public_bytes_raw()
+    )
+    net_sign = ec.generate_private_key(ec.SECP256R1())
+    net_sign_cert = issue("network", "sign", net_sign.public_key())
+    trust = TrustStore.from_material(
+        TrustMaterial(
+            anchors=(ca_cert,),
+            crls=(pki.build_crl(ca_cert, ca_key, [], now=now),),
+            certificates=(sender_p256, sender_ed, enc, enc_pq, net_sign_cert),
+        )
+    )
+    network = LocalIdentity.from_certificates(
+        "network",
+        signing_key=net_sign,
+        signing_cert=net_sign_cert,
+        decryption_keys=[(enc, x), (enc_pq, hpke.MLKEM768X25519PrivateKey(m, xq))],
+    )
+    senders = {
+        "p256": LocalIdentity.from_certificates(
+            "af1.example.com", signing_key=p256, signing_cert=sender_p256, decryption_keys=[]
+        ),
+        "ed25519": LocalIdentity.from_certificates(
+            "af1.example.com", signing_key=ed, signing_cert=sender_ed, decryption_keys=[]
+        ),
+    }
+    return {"trust": trust, "network": network, "senders": senders}
+
+
+def bench_suite(
+    world: dict[str, Any], suite_name: str, number: int, repeat: int
+) -> dict[str, float]:
+    suite = SUITES[suite_name]
+    sender = world["senders"]["ed25519" if suite.signature.value == "ed25519" else "p256"]
+    recipient = world["trust"].encryption_key_for("network", suite, int(time.time() * 1000))
+    policy = EnvelopePolicy(allowed_suites=frozenset(SUITES))
+
+    def clock() -> int:
+        return int(time.time() * 1000)
+
+    def do_seal() -> bytes:
+        return seal(
+            suite=suite,
+            identity=sender,
+            recipient=recipient,
+            msg_type="akma.bench",
+            body=BODY,
+            correlation_id=CORRELATION,
+            clock=clock,
+            rng=os.urandom,
+        )
+
+    sample = do_seal()
+
+    def do_open() -> object:
+        return open_envelope(
+            sample,
+            me=world["network"],
+            trust=world["trust"],
+            now_ms=clock(),
+            policy=policy,
+            broker_user_id="af1.example.com",
+        )
+
+    seal_us = _time(do_seal, number, repeat)
+    open_us = _time(do_open, number, repeat)
+    return {
+        "seal_us": seal_us,
+        "open_us": open_us,
+        "total_us": seal_us + open_us,
+        "size_bytes": len(sample),
+    }
+
+
+def bench_jose(number: int, repeat: int) -> dict[str, float]:
+    sign_key = OKPKey.generate_key("Ed25519")
+    enc_key = OKPKey.generate_key("X25519")
+    sig_algs, enc_algs = ["Ed25519"], ["ECDH-ES", "A256GCM"]
+
+    def claims() -> bytes:
+        return json.dumps(
+            {
+                "iss": "af1.example.com",
+                "aud": "network",
+                "jti": os.urandom(16).hex(),
+                "iat": int(time.time() * 1000),
+                "typ": "akma.bench",
+                "cid": CORRELATION.hex(),
+                "body": base64.urlsafe_b64encode(BODY).decode(),
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    def do_seal() -> str:
+        signed = jws.serialize_compact({"alg": "Ed25519"}, claims(), sign_key, algorithms=sig_algs)
+        return jwe.encrypt_compact(
+            {"alg": "ECDH-ES", "enc": "A256GCM", "cty": "JWT"}, signed, enc_key, algorithms=enc_algs
+        )
+
+    sample = do_seal()
+
+    def do_open() -> object:
+        inner = jwe.decrypt_compact(sample, enc_key, algorithms=enc_algs).plaintext
+        assert inner is not None
+        return json.loads(jws.deserialize_compact(inner, sign_key, algorithms=sig_algs).payload)
+
+    seal_us = _time(do_seal, number, repeat)
+    open_us = _time(do_open, number, repeat)
+    return {
+        "seal_us": seal_us,
+        "open_us": open_us,
+        "total_us": seal_us + open_us,
+        "size_bytes": len(sample),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--number", type=int, default=400, help="calls per timing run")
+    parser.add_argument("--repeat", type=int, default=5, help="timing runs (median taken)")
+    parser.add_argument("--wall", action="store_true", help="wall-clock instead of CPU time")
+    args = parser.parse_args(argv)
+    global _CLOCK
+    if args.wall:
+        _CLOCK = time.perf_counter
+
+    world = _world()
+    rows: dict[str, dict[str, float]] = {}
+    # Interleave the paths so that background load on a shared machine hits both alike.
+    jose = bench_jose(args.number, args.repeat)
+    for name in [DEFAULT_SUITE_NAME, *sorted(set(SUITES) - {DEFAULT_SUITE_NAME})]:
+        rows[name] = bench_suite(world, name, args.number, args.repeat)
+    jose_again = bench_jose(args.number, args.repeat)
+    rows["JOSE JWS(Ed25519) in JWE(ECDH-ES X25519, A256GCM), joserfc"] = {
+        k: min(jose[k], jose_again[k]) for k in jose
+    }
+    jose_total = rows["JOSE JWS(Ed25519) in JWE(ECDH-ES X25519, A256GCM), joserfc"]["total_us"]
+    for row in rows.values():
+        row["ratio_to_jose"] = row["total_us"] / jose_total
+
+    print("| path | seal us | open us | seal+open us | bytes | ratio to JOSE |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, row in rows.items():
+        print(
+            f"| {name} | {row['seal_us']:.0f} | {row['open_us']:.0f} | {row['total_us']:.0f} "
+            f"| {row['size_bytes']:.0f} | {row['ratio_to_jose']:.2f} |"
+        )
+    default_ratio = rows[DEFAULT_SUITE_NAME]["ratio_to_jose"]
+    verdict = "meets" if default_ratio <= 0.5 else "MISSES"
+    print(f"\ndefault suite / JOSE = {default_ratio:.2f} ({verdict} the <= 0.5 target)")
+
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "machine": {
+                    "python": sys.version.split()[0],
+                    "platform": platform.platform(),
+                    "cpus": os.cpu_count(),
+                    "cryptography": cryptography.__version__,
+                },
+                "body_bytes": len(BODY),
+                "number": args.number,
+                "repeat": args.repeat,
+                "clock": "wall (perf_counter)" if args.wall else "process CPU time (process_time)",
+                "statistic": "median of repeat runs of mean us per call (JOSE: best of two passes)",
+                "results": rows,
+                "default_ratio_to_jose": default_ratio,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"wrote {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
