@@ -1,0 +1,54 @@
+"""AF worker configuration: environment (``AKMA_AF_*``, nested with ``__``) and a TOML file
+named by ``AKMA_AF_CONFIG_FILE`` (the environment wins)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from broker_adapter.runtime import SecuritySettings
+from broker_adapter.transport import BrokerSettings
+
+
+class AfSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="AKMA_AF_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    broker: BrokerSettings
+    security: SecuritySettings
+    # The AF_ID this AF asks keys for: its FQDN and the Ua* security protocol id (hex, 5 octets).
+    af_fqdn: str
+    ua_protocol_id: str = "0100000007"
+    network: str = "network"
+    request_timeout_s: float = Field(default=5.0, gt=0)
+    request_attempts: int = Field(default=3, ge=1, le=10)
+    # Local port of the Ua* stand-in where UEs present their A-KID (None: no Ua endpoint).
+    ua_port: int | None = None
+    # Demo only: the Ua endpoint also returns K_AF so the demo can print it.
+    demo_reveal_keys: bool = False
+    metrics_port: int | None = None
+    log_level: str = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("AKMA_AF_CONFIG_FILE")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)

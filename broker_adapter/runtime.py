@@ -1,0 +1,153 @@
+"""Assemble one party's secure messaging from configuration: keys, trust, replay store, broker.
+
+This is the single place where files, Redis and the broker connection are opened for a party,
+so workers, the demo and the tests build parties the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from aio_pika.abc import AbstractRobustConnection
+from pydantic import BaseModel, ConfigDict, Field
+
+from broker_adapter.codec import EnvelopeCodec
+from broker_adapter.envelope import DEFAULT_SKEW_MS, DEFAULT_WINDOW_MS, EnvelopePolicy
+from broker_adapter.errors import BrokerConfigError
+from broker_adapter.identity import load_local_identity
+from broker_adapter.replay import ReplayGuard, ReplayStore
+from broker_adapter.replay_stores.memory import MemoryReplayStore
+from broker_adapter.replay_stores.sqlite import SqliteReplayStore
+from broker_adapter.secure import SecureEndpoint
+from broker_adapter.suites import DEFAULT_SUITE_NAME
+from broker_adapter.transport import BrokerSettings, Publisher, connect
+from broker_adapter.trust import TrustStore
+
+log = logging.getLogger("broker_adapter.runtime")
+
+
+def system_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class SecuritySettings(BaseModel):
+    """Message-layer settings of one party (nested in each worker's settings)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # Directory with this party's sign.* and enc*.{crt,key} (docs/architecture.md).
+    key_dir: Path
+    # Directory with the deployment CA, its CRL and the peers' message certificates.
+    trust_dir: Path
+    suite: str = DEFAULT_SUITE_NAME
+    allowed_suites: tuple[str, ...] = (DEFAULT_SUITE_NAME,)
+    window_ms: int = Field(default=DEFAULT_WINDOW_MS, gt=0)
+    skew_ms: int = Field(default=DEFAULT_SKEW_MS, ge=0)
+    max_envelope_bytes: int = Field(default=64 * 1024, gt=0)
+    replay_store: Literal["sqlite", "redis", "memory"] = "sqlite"
+    replay_sqlite_path: Path = Path("var/replay.sqlite3")
+    replay_redis_url: str | None = None
+    replay_redis_prefix: str = "akma:replay:"
+    # A handler holding a message longer than this is presumed dead and the message reprocessed.
+    replay_lease_ms: int = Field(default=30_000, gt=0)
+    # Trust material (CA, CRL, peer certificates) is re-read this often without a restart.
+    trust_reload_s: float = Field(default=60.0, gt=0)
+
+
+@dataclass
+class SecureParty:
+    """Everything one party needs at run time; ``close`` releases all of it."""
+
+    connection: AbstractRobustConnection
+    publisher: Publisher
+    endpoint: SecureEndpoint
+    trust: TrustStore
+    store: ReplayStore
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.publisher.close()
+        await self.connection.close()
+        await self.store.close()
+
+
+async def _open_store(settings: SecuritySettings) -> ReplayStore:
+    if settings.replay_store == "memory":
+        # Only for tests and throwaway demos: it forgets everything on restart.
+        return MemoryReplayStore()
+    if settings.replay_store == "redis":
+        if not settings.replay_redis_url:
+            raise BrokerConfigError("replay_store=redis needs replay_redis_url")
+        from redis.asyncio import Redis
+
+        from broker_adapter.replay_stores.redis import RedisReplayStore
+
+        client = Redis.from_url(settings.replay_redis_url, decode_responses=False)
+        return RedisReplayStore(client, prefix=settings.replay_redis_prefix)
+    settings.replay_sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+    return SqliteReplayStore(settings.replay_sqlite_path)
+
+
+async def _reload_trust_periodically(trust: TrustStore, every_s: float) -> None:
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            # A bad file on disk keeps the old snapshot in force; we only log it.
+            trust.reload()
+        except Exception:  # noqa: BLE001 - never let trust reloading kill the worker
+            log.warning("trust reload failed; keeping the previous trust material", exc_info=True)
+
+
+async def open_secure_party(
+    broker: BrokerSettings,
+    security: SecuritySettings,
+    *,
+    clock_ms: Callable[[], int] | None = None,
+) -> SecureParty:
+    """Load keys and trust, open the replay store and the broker connection."""
+    clock = clock_ms or system_clock_ms
+    identity = load_local_identity(security.key_dir, broker.identity)
+    trust = TrustStore.from_directory(security.trust_dir)
+    policy = EnvelopePolicy(
+        allowed_suites=frozenset(security.allowed_suites),
+        max_envelope_bytes=security.max_envelope_bytes,
+        window_ms=security.window_ms,
+        skew_ms=security.skew_ms,
+    )
+    codec = EnvelopeCodec(
+        identity=identity,
+        trust=trust,
+        policy=policy,
+        clock=clock,
+        rng=os.urandom,
+        suite=security.suite,
+    )
+    store = await _open_store(security)
+    guard = ReplayGuard(
+        store,
+        window_ms=security.window_ms,
+        skew_ms=security.skew_ms,
+        in_progress_lease_ms=security.replay_lease_ms,
+        clock=clock,
+    )
+    connection = await connect(broker)
+    publisher = Publisher(connection, broker.identity, confirm_timeout_s=broker.publish_timeout_s)
+    endpoint = SecureEndpoint(codec=codec, guard=guard, publisher=publisher)
+    party = SecureParty(connection, publisher, endpoint, trust, store)
+    party._tasks.append(
+        asyncio.create_task(_reload_trust_periodically(trust, security.trust_reload_s))
+    )
+    return party

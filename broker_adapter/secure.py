@@ -1,0 +1,400 @@
+"""Secure messaging on top of the transport: every delivery is opened, verified and deduplicated
+before a handler sees it, and every answer is sealed to the authenticated sender.
+
+This module is shell code (it drives the transport), but holds no crypto or replay logic of its
+own: it sequences ``EnvelopeCodec`` (checks 1-7) and ``ReplayGuard`` (check 8) and maps their
+verdicts to explicit transport outcomes.
+
+Verdicts on a delivery:
+- envelope or replay-conflict errors: dead-letter with the error's code (never reprocessed);
+- a harmless duplicate of a finished request: ack, re-sending the cached sealed answer so a
+  requester that lost the first answer still gets one;
+- a duplicate another worker is processing right now: wait for its lease (bounded), then decide
+  again; the message is not acked blindly, because that worker may die;
+- a replay store that is down or a handler bug: requeue; the queue's delivery limit bounds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from prometheus_client import Counter
+
+from broker_adapter.codec import EnvelopeCodec
+from broker_adapter.envelope import OpenedMessage
+from broker_adapter.envelope_errors import EnvelopeError
+from broker_adapter.errors import BrokerAdapterError, RequestTimeoutError, TransportError
+from broker_adapter.replay import Claim, ClaimOutcome, ReplayGuard, ReplayStoreError
+from broker_adapter.transport.consumer import Consumer
+from broker_adapter.transport.delivery import Ack, DeadLetter, Delivery, Outcome, Requeue
+from broker_adapter.transport.publisher import OutgoingMessage, Publisher
+
+log = logging.getLogger("broker_adapter.secure")
+
+DUPLICATES = Counter(
+    "akma_secure_duplicates_total",
+    "Deliveries recognised as duplicates by the replay guard, by kind.",
+    ["queue", "kind"],
+)
+ACCEPTED = Counter(
+    "akma_secure_accepted_total",
+    "Deliveries that passed every envelope and replay check, by queue and message type.",
+    ["queue", "msg_type"],
+)
+
+# How long one delivery may wait for another worker's lease before it is requeued instead.
+_MAX_LEASE_WAIT_S = 5.0
+# How long one delivery retries an unavailable replay store before it is requeued instead.
+_MAX_STORE_WAIT_S = 5.0
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What a request handler answers; it is sealed to the request's authenticated sender."""
+
+    msg_type: str
+    body: bytes
+
+
+RequestHandler = Callable[[OpenedMessage], Awaitable[Reply | None]]
+NotificationHandler = Callable[[OpenedMessage], Awaitable[None]]
+
+
+def _hex(value: bytes | None) -> str | None:
+    return value.hex() if value is not None else None
+
+
+class SecureEndpoint:
+    """One party's secure messaging: sealing, publishing, and a guarded receive path."""
+
+    def __init__(
+        self,
+        *,
+        codec: EnvelopeCodec,
+        guard: ReplayGuard,
+        publisher: Publisher,
+    ) -> None:
+        if publisher.identity != codec.identity.name:
+            raise BrokerAdapterError(
+                f"broker identity {publisher.identity!r} differs from envelope identity "
+                f"{codec.identity.name!r}"
+            )
+        self.codec = codec
+        self.guard = guard
+        self.publisher = publisher
+
+    @property
+    def identity(self) -> str:
+        return self.codec.identity.name
+
+    # ---- sending --------------------------------------------------------------------------
+
+    def seal(
+        self, recipient: str, msg_type: str, body: bytes, correlation_id: bytes | None = None
+    ) -> tuple[bytes, bytes]:
+        """Seal to ``recipient``; returns (envelope bytes, message id)."""
+        sealed = self.codec.encode(
+            recipient=recipient, msg_type=msg_type, body=body, correlation_id=correlation_id
+        )
+        return sealed.data, sealed.msg_id
+
+    async def publish_sealed(
+        self,
+        exchange: str,
+        routing_key: str,
+        data: bytes,
+        msg_id: bytes,
+        *,
+        msg_type: str,
+        correlation_id: bytes | None = None,
+        expiration_s: float | None = None,
+    ) -> None:
+        """Publish already sealed bytes. Retrying with the same bytes is what makes a resend a
+        harmless duplicate for the receiver; sealing again would look like a conflict."""
+        await self.publisher.publish(
+            exchange,
+            routing_key,
+            OutgoingMessage(
+                body=data,
+                # AMQP properties are routing hints for operators; the signed inner message is
+                # what the receiver trusts.
+                message_id=msg_id.hex(),
+                correlation_id=_hex(correlation_id),
+                msg_type=msg_type,
+                expiration_s=expiration_s,
+            ),
+        )
+
+    async def send(
+        self,
+        exchange: str,
+        routing_key: str,
+        recipient: str,
+        msg_type: str,
+        body: bytes,
+        *,
+        correlation_id: bytes | None = None,
+    ) -> bytes:
+        """Seal and publish one message; returns its message id."""
+        data, msg_id = self.seal(recipient, msg_type, body, correlation_id)
+        await self.publish_sealed(
+            exchange, routing_key, data, msg_id, msg_type=msg_type, correlation_id=correlation_id
+        )
+        return msg_id
+
+    # ---- receiving ------------------------------------------------------------------------
+
+    def open(self, delivery: Delivery) -> OpenedMessage:
+        """Checks 1-7; the broker-validated ``user_id`` is mandatory and bound to the sender."""
+        if not delivery.user_id:
+            raise _MissingUserId()
+        return self.codec.decode(delivery.body, broker_user_id=delivery.user_id)
+
+    async def claim(self, opened: OpenedMessage) -> Claim:
+        """Check 8 with bounded waiting for a busy store or another worker's lease."""
+        loop = asyncio.get_running_loop()
+        store_deadline = loop.time() + _MAX_STORE_WAIT_S
+        lease_deadline = loop.time() + _MAX_LEASE_WAIT_S
+        while True:
+            try:
+                claim = await self.guard.claim(
+                    opened.sender, opened.msg_id, opened.digest, opened.timestamp_ms
+                )
+            except ReplayStoreError:
+                if loop.time() > store_deadline:
+                    raise
+                await asyncio.sleep(0.2)
+                continue
+            if claim.outcome is not ClaimOutcome.DUPLICATE_IN_PROGRESS:
+                return claim
+            if loop.time() > lease_deadline:
+                return claim
+            wait_ms = claim.retry_after_ms if claim.retry_after_ms is not None else 100
+            await asyncio.sleep(min(max(wait_ms, 10), 1000) / 1000)
+
+    async def guarded(
+        self,
+        delivery: Delivery,
+        process: Callable[[OpenedMessage, Claim], Awaitable[Outcome]],
+        on_duplicate: Callable[[OpenedMessage, Claim], Awaitable[None]] | None = None,
+    ) -> Outcome:
+        """Open, claim, then run ``process``; map every verdict to a transport outcome."""
+        try:
+            opened = self.open(delivery)
+            claim = await self.claim(opened)
+        except EnvelopeError as exc:
+            # Includes replay conflicts, stale and future timestamps: permanent verdicts.
+            return DeadLetter(exc.code, exc.detail)
+        except _MissingUserId as exc:
+            return DeadLetter(exc.code, exc.detail)
+        except ReplayStoreError as exc:
+            return Requeue(f"replay store unavailable: {exc.detail}")
+        if claim.outcome is ClaimOutcome.DUPLICATE_DONE:
+            DUPLICATES.labels(queue=delivery.queue, kind="done").inc()
+            if on_duplicate is not None:
+                await on_duplicate(opened, claim)
+            return Ack()
+        if claim.outcome is ClaimOutcome.DUPLICATE_IN_PROGRESS:
+            DUPLICATES.labels(queue=delivery.queue, kind="in_progress").inc()
+            return Requeue("another worker holds this message")
+        if claim.reclaimed:
+            DUPLICATES.labels(queue=delivery.queue, kind="reclaimed").inc()
+        ACCEPTED.labels(queue=delivery.queue, msg_type=opened.msg_type).inc()
+        try:
+            return await process(opened, claim)
+        except asyncio.CancelledError:
+            await self._release_quietly(claim)
+            raise
+        except Exception:
+            # A bug or a transient fault in the handler: free the claim so the redelivery
+            # (bounded by the delivery limit) can process it again.
+            await self._release_quietly(claim)
+            raise
+
+    async def _release_quietly(self, claim: Claim) -> None:
+        try:
+            await self.guard.release(claim)
+        except ReplayStoreError:
+            log.warning("could not release claim; it expires with its lease")
+
+
+class _MissingUserId(EnvelopeError):
+    code = "missing_user_id"
+
+    def __init__(self) -> None:
+        super().__init__("delivery carries no broker-validated user_id")
+
+
+class SecureResponder:
+    """Serves requests from one queue: answer each with a sealed reply to the sender's inbox.
+
+    Replies are addressed by the authenticated sender (the envelope's sender, which equals the
+    broker-validated ``user_id``), never by a client-supplied ``reply_to``.
+    """
+
+    def __init__(
+        self,
+        endpoint: SecureEndpoint,
+        handler: RequestHandler,
+        *,
+        reply_exchange: str = "akma.replies",
+    ) -> None:
+        self._endpoint = endpoint
+        self._handler = handler
+        self._reply_exchange = reply_exchange
+
+    async def __call__(self, delivery: Delivery) -> Outcome:
+        return await self._endpoint.guarded(delivery, self._process, self._resend_cached)
+
+    async def _process(self, opened: OpenedMessage, claim: Claim) -> Outcome:
+        reply = await self._handler(opened)
+        if reply is None:
+            await self._endpoint.guard.complete(claim)
+            return Ack()
+        data, msg_id = self._endpoint.seal(
+            opened.sender, reply.msg_type, reply.body, correlation_id=opened.msg_id
+        )
+        # Remember the sealed answer before sending it: if the publish fails, the redelivered
+        # request finds it and sends the same bytes instead of deriving the answer again.
+        await self._endpoint.guard.complete(claim, response=data)
+        try:
+            await self._publish_reply(opened, data, msg_id, reply.msg_type)
+        except TransportError as exc:
+            return Requeue(f"reply publish failed: {exc.code}")
+        return Ack()
+
+    async def _publish_reply(
+        self, opened: OpenedMessage, data: bytes, msg_id: bytes, msg_type: str
+    ) -> None:
+        await self._endpoint.publish_sealed(
+            self._reply_exchange,
+            opened.sender,
+            data,
+            msg_id,
+            msg_type=msg_type,
+            correlation_id=opened.msg_id,
+        )
+
+    async def _resend_cached(self, opened: OpenedMessage, claim: Claim) -> None:
+        if not claim.cached_response:
+            return
+        try:
+            await self._endpoint.publisher.publish(
+                self._reply_exchange,
+                opened.sender,
+                OutgoingMessage(
+                    body=claim.cached_response,
+                    message_id=secrets.token_hex(16),
+                    correlation_id=opened.msg_id.hex(),
+                    msg_type="resent",
+                ),
+            )
+        except TransportError:
+            log.warning("could not re-send cached reply", exc_info=True)
+
+
+@dataclass
+class _Pending:
+    future: asyncio.Future[OpenedMessage]
+    peer: str
+
+
+class SecureRequester:
+    """Sends sealed requests and matches sealed answers by their *signed* correlation id.
+
+    Its inbox also carries unsolicited messages (notifications), which go to
+    ``on_notification`` after the same checks. Retries resend the same sealed bytes, so the
+    responder's replay guard answers them from its cache instead of processing twice.
+    """
+
+    def __init__(
+        self,
+        endpoint: SecureEndpoint,
+        connection: object,
+        inbox_queue: str,
+        *,
+        request_exchange: str = "akma.requests",
+        on_notification: NotificationHandler | None = None,
+        prefetch: int = 128,
+    ) -> None:
+        self._endpoint = endpoint
+        self._request_exchange = request_exchange
+        self._on_notification = on_notification
+        self._pending: dict[bytes, _Pending] = {}
+        self._consumer = Consumer(
+            connection,  # type: ignore[arg-type]
+            inbox_queue,
+            self._on_inbox,
+            publisher=endpoint.publisher,
+            prefetch=prefetch,
+        )
+
+    async def start(self) -> None:
+        await self._consumer.start()
+
+    async def stop(self) -> None:
+        await self._consumer.stop()
+        for pending in self._pending.values():
+            if not pending.future.done():
+                pending.future.cancel()
+
+    async def _on_inbox(self, delivery: Delivery) -> Outcome:
+        return await self._endpoint.guarded(delivery, self._dispatch)
+
+    async def _dispatch(self, opened: OpenedMessage, claim: Claim) -> Outcome:
+        pending = self._pending.get(opened.correlation_id) if opened.correlation_id else None
+        if pending is not None:
+            if opened.sender != pending.peer:
+                # A trusted party answered a request it was never sent: refuse it.
+                await self._endpoint.guard.complete(claim)
+                return DeadLetter("unexpected_responder", f"answer from {opened.sender}")
+            if not pending.future.done():
+                pending.future.set_result(opened)
+        elif opened.correlation_id is not None:
+            log.info("late answer dropped", extra={"correlation_id": opened.correlation_id.hex()})
+        elif self._on_notification is not None:
+            await self._on_notification(opened)
+        await self._endpoint.guard.complete(claim)
+        return Ack()
+
+    async def request(
+        self,
+        peer: str,
+        routing_key: str,
+        msg_type: str,
+        body: bytes,
+        *,
+        timeout_s: float = 5.0,
+        attempts: int = 3,
+    ) -> OpenedMessage:
+        """Send one request and return the verified answer, resending on timeout."""
+        data, msg_id = self._endpoint.seal(peer, msg_type, body)
+        future: asyncio.Future[OpenedMessage] = asyncio.get_running_loop().create_future()
+        self._pending[msg_id] = _Pending(future, peer)
+        try:
+            for attempt in range(1, attempts + 1):
+                try:
+                    await self._endpoint.publish_sealed(
+                        self._request_exchange,
+                        routing_key,
+                        data,
+                        msg_id,
+                        msg_type=msg_type,
+                        expiration_s=timeout_s * attempts,
+                    )
+                except TransportError:
+                    if attempt == attempts:
+                        raise
+                    await asyncio.sleep(min(0.2 * attempt, 1.0))
+                    continue
+                try:
+                    return await asyncio.wait_for(asyncio.shield(future), timeout=timeout_s)
+                except asyncio.TimeoutError:
+                    log.warning("request %s timed out (attempt %d)", msg_id.hex(), attempt)
+            raise RequestTimeoutError(f"no answer to {msg_type} after {attempts} attempts")
+        finally:
+            self._pending.pop(msg_id, None)

@@ -1,0 +1,72 @@
+"""Process plumbing shared by the workers: JSON logs, a metrics endpoint, SIGTERM drain."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from prometheus_client import start_http_server
+
+# Attributes every LogRecord has; anything else was passed in ``extra`` and is emitted as a field.
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, so operators can ship logs without parsing prose."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                entry[key] = value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, separators=(",", ":"))
+
+
+def configure_logging(level: str = "INFO", *, json_lines: bool = True) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if json_lines:
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # aiormq logs every reconnect attempt at length; its warnings are enough for operators.
+    logging.getLogger("aiormq").setLevel(logging.WARNING)
+    logging.getLogger("aio_pika").setLevel(logging.WARNING)
+
+
+def start_metrics(port: int | None, host: str = "127.0.0.1") -> None:
+    """Expose Prometheus metrics over HTTP (``port`` None or 0 disables it)."""
+    if port:
+        start_http_server(port, addr=host)
+        logging.getLogger("worker").info("metrics on http://%s:%d/metrics", host, port)
+
+
+async def run_until_signalled(
+    start: Callable[[], Awaitable[Callable[[], Awaitable[None]]]],
+) -> None:
+    """Run ``start`` (which returns a ``stop`` coroutine function) until SIGTERM or SIGINT,
+    then call ``stop`` so in-flight messages finish before the process exits."""
+    stop_event = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_event.set)
+    stop = await start()
+    logging.getLogger("worker").info("ready")
+    await stop_event.wait()
+    logging.getLogger("worker").info("draining")
+    await stop()
+    logging.getLogger("worker").info("stopped")

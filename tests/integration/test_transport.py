@@ -1,0 +1,238 @@
+"""The transport over the real TLS broker: confirms, dead letters with reasons, delivery limit,
+request/response, and recovery after a broker restart."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from broker_adapter.errors import PublishReturnedError
+from broker_adapter.transport import (
+    Ack,
+    Consumer,
+    DeadLetter,
+    Delivery,
+    OutgoingMessage,
+    Outcome,
+    Publisher,
+    Requeue,
+    RpcClient,
+    connect,
+)
+from tests.integration.support import Management, party_settings
+
+pytestmark = pytest.mark.broker
+
+AF = "af1.example.com"
+NET = "network"
+VHOST = "akma"
+
+
+@pytest.fixture
+def mgmt(broker: Any, pki: Any) -> Management:
+    return Management(broker.management_url, pki.admin_password(), str(pki.ca_cert))
+
+
+@pytest.fixture
+async def clean_queues(mgmt: Management) -> None:
+    # The session broker is shared; start every test from empty work queues.
+    for queue in ("network.requests", f"af.{AF}.inbox"):
+        mgmt.purge(VHOST, queue)
+
+
+class Party:
+    def __init__(self, connection: Any, publisher: Publisher) -> None:
+        self.connection = connection
+        self.publisher = publisher
+        self.consumers: list[Consumer] = []
+
+    async def consume(
+        self, queue: str, handler: Callable[[Delivery], Awaitable[Outcome]], **kw: Any
+    ) -> Consumer:
+        consumer = Consumer(self.connection, queue, handler, publisher=self.publisher, **kw)
+        await consumer.start()
+        self.consumers.append(consumer)
+        return consumer
+
+    async def close(self) -> None:
+        for consumer in self.consumers:
+            await consumer.stop(drain_timeout_s=2)
+        await self.publisher.close()
+        await self.connection.close()
+
+
+@pytest.fixture
+async def parties(broker: Any, pki: Any, clean_queues: None) -> AsyncIterator[dict[str, Party]]:
+    made: dict[str, Party] = {}
+    for name in (NET, AF):
+        settings = party_settings(broker, pki, name)
+        connection = await connect(settings)
+        made[name] = Party(connection, Publisher(connection, name, confirm_timeout_s=5))
+    yield made
+    for party in made.values():
+        await party.close()
+
+
+def _msg(body: bytes = b"payload") -> OutgoingMessage:
+    return OutgoingMessage(body=body, message_id=secrets.token_hex(16))
+
+
+async def _dead_letters_with(mgmt: Management, message_id: str, timeout: float = 10) -> dict[str, Any]:
+    deadline = asyncio.get_running_loop().time() + timeout
+    seen: list[dict[str, Any]] = []
+    while asyncio.get_running_loop().time() < deadline:
+        for item in mgmt.get_messages(VHOST, "akma.dead-letters"):
+            seen.append(item)
+            if item["properties"].get("message_id") == message_id:
+                return item
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"{message_id} not dead-lettered; saw {len(seen)} others")
+
+
+async def _wait_for_count(mgmt: Management, queue: str, expected: int, timeout: float = 15) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    count = None
+    while asyncio.get_running_loop().time() < deadline:
+        count = mgmt.queue(VHOST, queue).get("messages")
+        if count == expected:
+            return
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"{queue} holds {count} messages, expected {expected}")
+
+
+async def test_handler_rejection_lands_in_dead_letters_with_reason(
+    parties: dict[str, Party], mgmt: Management
+) -> None:
+    seen = asyncio.Event()
+
+    async def refuse(delivery: Delivery) -> Outcome:
+        seen.set()
+        return DeadLetter("bad_signature", "signature did not verify")
+
+    await parties[NET].consume("network.requests", refuse)
+    message = _msg(b"forged")
+    await parties[AF].publisher.publish("akma.requests", "network", message)
+    await asyncio.wait_for(seen.wait(), 10)
+
+    item = await _dead_letters_with(mgmt, message.message_id)
+    headers = item["properties"]["headers"]
+    assert headers["x-akma-reason"] == "bad_signature"
+    assert headers["x-akma-queue"] == "network.requests"
+    assert headers["x-akma-consumer"] == NET
+    assert headers["x-akma-original-user-id"] == AF
+    assert base64.b64decode(item["payload"]) == b"forged"
+    # Nothing is left behind in the work queue (management stats lag by a few seconds).
+    await _wait_for_count(mgmt, "network.requests", 0)
+
+
+async def test_poison_message_is_dead_lettered_after_delivery_limit(
+    parties: dict[str, Party], mgmt: Management
+) -> None:
+    attempts = 0
+    done = asyncio.Event()
+
+    async def always_fails(delivery: Delivery) -> Outcome:
+        nonlocal attempts
+        attempts += 1
+        raise RuntimeError("handler bug")
+
+    async def count_only(delivery: Delivery) -> Outcome:
+        done.set()
+        return Ack()
+
+    await parties[NET].consume("network.requests", always_fails, requeue_backoff_s=0.01)
+    poison = _msg(b"poison")
+    await parties[AF].publisher.publish("akma.requests", "network", poison)
+
+    item = await _dead_letters_with(mgmt, poison.message_id, timeout=30)
+    deaths = item["properties"]["headers"]["x-death"]
+    assert deaths[0]["reason"] == "delivery_limit"
+    assert deaths[0]["queue"] == "network.requests"
+    # The policy allows 5 redeliveries: the first delivery plus five, then it stops.
+    assert 2 <= attempts <= 6
+    # The worker is still alive and serves the next message.
+    assert not done.is_set()
+
+
+async def test_transient_failure_is_retried_then_succeeds(parties: dict[str, Party]) -> None:
+    calls: list[int] = []
+    ok = asyncio.Event()
+
+    async def flaky(delivery: Delivery) -> Outcome:
+        calls.append(delivery.delivery_count)
+        if len(calls) < 3:
+            return Requeue("database busy")
+        ok.set()
+        return Ack()
+
+    await parties[NET].consume("network.requests", flaky, requeue_backoff_s=0.01)
+    await parties[AF].publisher.publish("akma.requests", "network", _msg())
+    await asyncio.wait_for(ok.wait(), 10)
+    assert len(calls) == 3
+    assert calls[-1] >= 2  # quorum queues count redeliveries in x-delivery-count
+
+
+async def test_unroutable_publish_is_an_error(parties: dict[str, Party]) -> None:
+    with pytest.raises(PublishReturnedError):
+        await parties[AF].publisher.publish("akma.requests", "no-such-route", _msg())
+
+
+async def test_request_response_is_routed_by_validated_user_id(parties: dict[str, Party]) -> None:
+    async def respond(delivery: Delivery) -> Outcome:
+        assert delivery.user_id == AF
+        await parties[NET].publisher.publish(
+            "akma.replies",
+            delivery.user_id,
+            OutgoingMessage(
+                body=b"pong:" + delivery.body,
+                message_id=secrets.token_hex(16),
+                correlation_id=delivery.correlation_id,
+            ),
+        )
+        return Ack()
+
+    await parties[NET].consume("network.requests", respond)
+    client = RpcClient(parties[AF].connection, parties[AF].publisher, f"af.{AF}.inbox")
+    await client.start()
+    try:
+        answers = await asyncio.gather(
+            *(client.request("akma.requests", "network", b"ping%d" % i, timeout_s=10)
+              for i in range(20))
+        )
+        assert sorted(a.body for a in answers) == sorted(b"pong:ping%d" % i for i in range(20))
+        assert all(a.user_id == NET for a in answers)
+    finally:
+        await client.stop()
+
+
+async def test_recovers_after_broker_restart(
+    parties: dict[str, Party], broker_node: Any
+) -> None:
+    received: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def record(delivery: Delivery) -> Outcome:
+        await received.put(delivery.body)
+        return Ack()
+
+    await parties[NET].consume("network.requests", record)
+    await parties[AF].publisher.publish("akma.requests", "network", _msg(b"before"))
+    assert await asyncio.wait_for(received.get(), 10) == b"before"
+
+    await asyncio.to_thread(broker_node.restart)
+
+    # Neither party is rebuilt: the robust connections and the consumer come back on their own.
+    deadline = asyncio.get_running_loop().time() + 60
+    while True:
+        try:
+            await parties[AF].publisher.publish("akma.requests", "network", _msg(b"after"))
+            break
+        except Exception:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+    assert await asyncio.wait_for(received.get(), 30) == b"after"
