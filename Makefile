@@ -8,13 +8,14 @@ PKI_DIR := var/pki
 BROKER_DIR := var/broker
 AFS := --af af1.example.com --af af2.example.com
 
-.PHONY: help venv prereqs pki broker-up broker-down broker-status demo test test-unit test-integration lint bench clean
+.PHONY: help venv prereqs pki broker-up broker-down broker-status demo test test-unit test-integration lint bench soak clean
 
 help:
 	@echo "make demo    - set up (virtualenv, dev PKI, local TLS broker) and run the end-to-end demo"
 	@echo "make test    - set up and run the whole test suite (unit, property, real TLS broker)"
 	@echo "make lint    - ruff and mypy --strict"
-	@echo "make bench   - envelope micro-benchmark (side by side with JOSE)"
+	@echo "make bench   - benchmarks: secured vs plain, side by side (results in bench/results/)"
+	@echo "make soak    - full-scale reliability and attack scenarios, one summary table"
 	@echo "make broker-up / broker-down / broker-status - the local TLS broker for operators"
 
 # The virtualenv is rebuilt when pyproject.toml changes.
@@ -59,8 +60,11 @@ lint: venv
 	$(PY) -m ruff check broker_adapter network_side as_side infra tests scripts bench
 	$(PY) -m mypy
 
-bench: venv
-	$(PY) bench/envelope_bench.py
+bench: venv prereqs
+	$(PY) -m bench.envelope_bench
+
+soak: venv prereqs
+	$(PY) -m scripts.soak
 
 clean:
 	-$(PY) -m infra.local_broker stop --dir $(BROKER_DIR) 2>/dev/null

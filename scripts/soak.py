@@ -1,0 +1,53 @@
+"""``make soak``: every reliability and attack scenario at full scale, then one summary table.
+
+Scenarios live in ``reliability.faults`` (crashes, link cuts, cluster) and
+``reliability.hostile`` (hostile input, abuse by a legitimate AF, fuzzing). Exit 0 only if every
+scenario passed: no forgery accepted, nothing lost, nothing processed twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from reliability.result import FULL, SMALL, ScenarioResult, Scenario, format_table, machine, write_json
+
+
+def _registry() -> dict[str, Scenario]:
+    from reliability import faults, hostile
+
+    return {**faults.SCENARIOS, **hostile.SCENARIOS}
+
+
+def main() -> int:
+    registry = _registry()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", choices=("small", "full"), default="full")
+    parser.add_argument("--only", nargs="*", choices=sorted(registry), help="run these scenarios")
+    parser.add_argument("--out", default="reliability/results/latest.json")
+    args = parser.parse_args()
+    scale = FULL if args.scale == "full" else SMALL
+    results: list[ScenarioResult] = []
+    for name in args.only or list(registry):
+        print(f"-- {name} ({scale.name})", flush=True)
+        started = time.monotonic()
+        try:
+            result = asyncio.run(registry[name](scale))
+        except Exception as exc:  # noqa: BLE001 - one broken scenario must not hide the others
+            result = ScenarioResult(name, lost=-1, notes=f"scenario crashed: {exc!r}")
+        result.seconds = result.seconds or time.monotonic() - started
+        results.append(result)
+        print(f"   {'pass' if result.passed else 'FAIL'} {result.notes}", flush=True)
+    print()
+    print(f"Soak run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {machine()}")
+    print(format_table(results))
+    write_json(Path(args.out), results, scale)
+    return 0 if all(r.passed for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
