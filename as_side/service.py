@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 from as_side.client import AkmaKeyClient
 from as_side.ua_server import UaServer
+from broker_adapter.envelope import OpenedMessage
 from broker_adapter.runtime import SecureParty, system_clock_ms
 from broker_adapter.secure import SecureRequester
-from broker_adapter.envelope import OpenedMessage
 
 
 def inbox_queue(identity: str) -> str:

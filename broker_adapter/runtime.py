@@ -107,7 +107,7 @@ async def _reload_trust_periodically(trust: TrustStore, every_s: float) -> None:
         try:
             # A bad file on disk keeps the old snapshot in force; we only log it.
             trust.reload()
-        except Exception:  # noqa: BLE001 - never let trust reloading kill the worker
+        except Exception:
             log.warning("trust reload failed; keeping the previous trust material", exc_info=True)
 
 

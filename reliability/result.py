@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import platform
 import os
+import platform
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path

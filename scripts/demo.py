@@ -235,9 +235,9 @@ class Demo:
             self.step("Replay and tampering through the broker")
             own = AkmaAfKeyRequest(af_id=make_af_id(AF2, UA_TLS13_SHARED_KEY), a_kid=ue.a_kid)
             data, msg_id = party.endpoint.seal(NETWORK, own.MSG_TYPE, own.to_body())
-            served = lambda: metric(metrics_port, "akma_network_requests_total",  # noqa: E731
+            served = lambda: metric(metrics_port, "akma_network_requests_total",
                                     'request="akma.af_key.request",answer="akma.af_key.data"')
-            dups = lambda: metric(metrics_port, "akma_secure_duplicates_total", 'kind="done"')  # noqa: E731
+            dups = lambda: metric(metrics_port, "akma_secure_duplicates_total", 'kind="done"')
             before_served, before_dups = served(), dups()
             await party.endpoint.publish_sealed("akma.requests", NETWORK, data, msg_id, msg_type=own.MSG_TYPE)
             await wait_until(lambda: served() > before_served)

@@ -11,10 +11,18 @@ import argparse
 import asyncio
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-from reliability.result import FULL, SMALL, ScenarioResult, Scenario, format_table, machine, write_json
+from reliability.result import (
+    FULL,
+    SMALL,
+    Scenario,
+    ScenarioResult,
+    format_table,
+    machine,
+    write_json,
+)
 
 
 def _registry() -> dict[str, Scenario]:
@@ -43,7 +51,7 @@ def main() -> int:
         results.append(result)
         print(f"   {'pass' if result.passed else 'FAIL'} {result.notes}", flush=True)
     print()
-    print(f"Soak run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {machine()}")
+    print(f"Soak run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}")
     print(format_table(results))
     write_json(Path(args.out), results, scale)
     return 0 if all(r.passed for r in results) else 1

@@ -9,10 +9,10 @@ from broker_adapter.transport.settings import BrokerSettings
 from broker_adapter.transport.tls import client_ssl_context
 
 __all__ = [
+    "DEAD_LETTER_EXCHANGE",
     "Ack",
     "BrokerSettings",
     "Consumer",
-    "DEAD_LETTER_EXCHANGE",
     "DeadLetter",
     "Delivery",
     "Outcome",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -51,4 +51,4 @@ class Requeue:
     detail: str = ""
 
 
-Outcome = Union[Ack, DeadLetter, Requeue]
+Outcome = Ack | DeadLetter | Requeue

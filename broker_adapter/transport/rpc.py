@@ -96,7 +96,7 @@ class RpcClient:
             )
             try:
                 return await asyncio.wait_for(future, timeout=timeout_s)
-            except asyncio.TimeoutError as exc:
+            except TimeoutError as exc:
                 raise RequestTimeoutError(f"no response to {key} in {timeout_s}s") from exc
         finally:
             self._pending.pop(key, None)
