@@ -45,7 +45,7 @@ broker-status: venv
 	$(PY) -m infra.local_broker status --dir $(BROKER_DIR)
 
 demo: venv prereqs
-	$(PY) -m scripts.demo --pki $(PKI_DIR) --broker-dir $(BROKER_DIR)
+	$(PY) -m scripts.demo --pki $(PKI_DIR) --broker-dir $(BROKER_DIR) $(DEMO_ARGS)
 
 test: venv prereqs
 	$(PY) -m pytest -q
