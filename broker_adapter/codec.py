@@ -1,8 +1,11 @@
 """``EnvelopeCodec``: the envelope as a small encode/decode codec for the transport.
 
 It only holds what every call would otherwise repeat (our identity, the trust store, the
-policy, the clock and the randomness) and delegates to ``broker_adapter.envelope``. It stays
-pure: the clock and the random source are injected, the trust store is consulted in memory.
+policy, the clock and the randomness) plus the epoch state of the epoch suites: the sending
+side's ``SenderEpochs`` and the receiving side's ``EpochKeyCache`` (created here unless
+injected, e.g. to share them between codecs or to set limits). It delegates to
+``broker_adapter.envelope`` and stays pure: the clock and the random source are injected, the
+trust store is consulted in memory.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from broker_adapter.envelope import (
     seal_envelope,
 )
 from broker_adapter.envelope_errors import UnsupportedSuiteError
+from broker_adapter.epoch import EpochKeyCache, EpochLimits, SenderEpochs
 from broker_adapter.identity import LocalIdentity
 from broker_adapter.suites import DEFAULT_SUITE_NAME, get_suite
 from broker_adapter.trust import TrustStore
@@ -34,6 +38,9 @@ class EnvelopeCodec:
         clock: Callable[[], int],
         rng: Callable[[int], bytes],
         suite: str = DEFAULT_SUITE_NAME,
+        epoch_limits: EpochLimits | None = None,
+        epochs: SenderEpochs | None = None,
+        epoch_cache: EpochKeyCache | None = None,
     ) -> None:
         if suite not in policy.allowed_suites:
             # Sending with a suite we would refuse to receive is a configuration mistake.
@@ -44,6 +51,10 @@ class EnvelopeCodec:
         self.suite = get_suite(suite)
         self._clock = clock
         self._rng = rng
+        if epochs is not None and epoch_limits is not None:
+            raise ValueError("give either epochs or epoch_limits, not both")
+        self.epochs = epochs if epochs is not None else SenderEpochs(epoch_limits)
+        self.epoch_cache = epoch_cache if epoch_cache is not None else EpochKeyCache()
 
     def encode(
         self,
@@ -65,6 +76,7 @@ class EnvelopeCodec:
             clock=self._clock,
             rng=self._rng,
             max_envelope_bytes=self.policy.max_envelope_bytes,
+            epochs=self.epochs,
         )
 
     def decode(
@@ -83,4 +95,5 @@ class EnvelopeCodec:
             policy=self.policy,
             broker_user_id=broker_user_id,
             expected_correlation_id=expected_correlation_id,
+            epoch_cache=self.epoch_cache,
         )

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from broker_adapter import envelope_errors as errors
 from broker_adapter.codec import EnvelopeCodec
 from broker_adapter.envelope import EnvelopePolicy
+from broker_adapter.epoch import EpochKeyCache
 from broker_adapter.suites import DEFAULT_SUITE_NAME, SUITES
 from tests.unit.envelope_helpers import POLICY, TestPki, counter_rng, fixed_clock
 
 
-@pytest.mark.parametrize("suite", [DEFAULT_SUITE_NAME, "AKMA1-P256-MLKEM768X25519-A256GCM"])
+@pytest.mark.parametrize(
+    "suite",
+    [
+        DEFAULT_SUITE_NAME,
+        "AKMA1-P256-X25519-A256GCM",
+        "AKMA1-P256-MLKEM768X25519-A256GCM",
+        "AKMA1-P256-MLKEM768X25519-A256GCM-E",
+    ],
+)
 def test_request_and_response_through_two_codecs(suite: str) -> None:
     ca = TestPki()
     network, af = ca.party("network"), ca.party("af1.example.com")
@@ -80,3 +91,30 @@ def test_codec_reports_unknown_recipient() -> None:
     )
     with pytest.raises(errors.NoRecipientKeyError):
         codec.encode(recipient="nobody.example.com", msg_type="t", body=b"")
+
+
+def test_codec_shares_injected_epoch_state_and_keeps_one_epoch_per_peer() -> None:
+    ca = TestPki()
+    network, af = ca.party("network"), ca.party("af1.example.com")
+    trust = ca.trust([network, af])
+    cache = EpochKeyCache(max_entries=8)
+    sender = EnvelopeCodec(
+        identity=af.identity, trust=trust, policy=POLICY, clock=fixed_clock(), rng=os.urandom
+    )
+    # Two receiving codecs (two replicas in one process) sharing one injected cache.
+    receivers = [
+        EnvelopeCodec(
+            identity=network.identity,
+            trust=trust,
+            policy=POLICY,
+            clock=fixed_clock(),
+            rng=os.urandom,
+            epoch_cache=cache,
+        )
+        for _ in range(2)
+    ]
+    for i in range(6):
+        sealed = sender.encode(recipient="network", msg_type="t", body=bytes([i]))
+        assert receivers[i % 2].decode(sealed.data).body == bytes([i])
+    assert len(sender.epochs) == 1 and len(cache) == 1
+    assert receivers[0].epoch_cache is receivers[1].epoch_cache is cache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -15,14 +16,20 @@ from broker_adapter.envelope import (
     OpenedMessage,
     VerifiedSigner,
     build_signed_inner,
-    hpke_info,
+    decrypt_envelope,
+    encrypt_inner,
     open_envelope,
     seal,
     seal_envelope,
 )
 from broker_adapter.errors import BrokerAdapterError
 from broker_adapter.identity import LocalIdentity
-from broker_adapter.suites import DEFAULT_SUITE_NAME, SUITES, Suite
+from broker_adapter.suites import (
+    DEFAULT_SUITE_NAME,
+    PER_MESSAGE_DEFAULT_SUITE_NAME,
+    SUITES,
+    Suite,
+)
 from broker_adapter.trust import TrustStore
 from tests.unit.envelope_helpers import (
     ALL_SUITES,
@@ -36,6 +43,8 @@ from tests.unit.envelope_helpers import (
 )
 
 SUITE_NAMES = sorted(SUITES)
+# The default suite and its sibling in the other key mode: header attacks run against both.
+BOTH_MODES = [DEFAULT_SUITE_NAME, PER_MESSAGE_DEFAULT_SUITE_NAME]
 
 
 @dataclass
@@ -223,26 +232,29 @@ def test_envelope_for_someone_else_is_not_for_me(world: World) -> None:
         _open(data, world.af1, world.trust)
 
 
-def test_swapped_outer_suite_with_same_kem_fails_decryption(world: World) -> None:
-    # Relabelling a P-256 envelope as the Ed25519 suite keeps the KEM (and so the key) but
-    # changes the HPKE info, so the AEAD refuses it.
-    data = _seal(world.af2, world.network)
+@pytest.mark.parametrize("suite", BOTH_MODES)
+def test_swapped_outer_suite_with_same_kem_fails_decryption(world: World, suite: str) -> None:
+    # Relabelling a P-256 envelope as the Ed25519 suite (same key mode, so the same layout)
+    # keeps the KEM (and so the key) but changes the HPKE info, so the AEAD refuses it.
+    data = _seal(world.af2, world.network, suite=suite)
     fields = msgpack.unpackb(data)
-    fields[1] = "AKMA1-ED25519-X25519-A256GCM"
+    fields[1] = suite.replace("P256", "ED25519")
     with pytest.raises(errors.DecryptionFailedError):
         _open(msgpack.packb(fields), world.network, world.trust)
 
 
-def test_outer_sender_relabelled_fails_decryption(world: World) -> None:
-    data = _seal(world.af2, world.network)
+@pytest.mark.parametrize("suite", BOTH_MODES)
+def test_outer_sender_relabelled_fails_decryption(world: World, suite: str) -> None:
+    data = _seal(world.af2, world.network, suite=suite)
     fields = msgpack.unpackb(data)
     fields[2] = "af1.example.com"
     with pytest.raises(errors.DecryptionFailedError):
         _open(msgpack.packb(fields), world.network, world.trust)
 
 
-def test_tampered_ciphertext_fails_decryption(world: World) -> None:
-    data = bytearray(_seal(world.af2, world.network))
+@pytest.mark.parametrize("suite", BOTH_MODES)
+def test_tampered_ciphertext_fails_decryption(world: World, suite: str) -> None:
+    data = bytearray(_seal(world.af2, world.network, suite=suite))
     data[-1] ^= 1
     with pytest.raises(errors.DecryptionFailedError):
         _open(bytes(data), world.network, world.trust)
@@ -255,10 +267,14 @@ def _reencrypt(
     inner: bytes, *, outer_sender: str, to: Party, suite: str = DEFAULT_SUITE_NAME
 ) -> bytes:
     """Encrypt ``inner`` to ``to`` exactly as a sender would (anyone can encrypt to anyone)."""
-    key = to.recipient_key(suite)
-    info = hpke_info(suite, outer_sender, to.name, key.kid)
-    sealed = SUITES[suite].hpke_seal(key.public_key, inner, info)
-    return msgpack.packb([1, suite, outer_sender, key.kid, sealed], use_bin_type=True)
+    return encrypt_inner(
+        inner,
+        suite=SUITES[suite],
+        sender=outer_sender,
+        recipient=to.recipient_key(suite),
+        rng=os.urandom,
+        now_ms=NOW_MS,
+    )
 
 
 def _inner(
@@ -280,15 +296,13 @@ def _inner(
 # ---- step 5: signature and signer ------------------------------------------------------------------
 
 
-def test_surreptitious_forwarding_is_refused(world: World) -> None:
+@pytest.mark.parametrize("suite", BOTH_MODES)
+def test_surreptitious_forwarding_is_refused(world: World, suite: str) -> None:
     # af2 receives a message the network signed for af2, decrypts it (it holds the key) and
     # re-encrypts the signed inner message to af1, claiming the network sent it.
-    original = _seal(world.network, world.af2)
-    outer = msgpack.unpackb(original)
-    key = world.af2.identity.decryption_key(outer[3], SUITES[DEFAULT_SUITE_NAME])
-    info = hpke_info(DEFAULT_SUITE_NAME, "network", world.af2.name, outer[3])
-    inner = SUITES[DEFAULT_SUITE_NAME].hpke_open(key, outer[4], info)
-    forwarded = _reencrypt(inner, outer_sender="network", to=world.af1)
+    original = _seal(world.network, world.af2, suite=suite)
+    inner = decrypt_envelope(original, me=world.af2.identity, policy=POLICY)
+    forwarded = _reencrypt(inner, outer_sender="network", to=world.af1, suite=suite)
     with pytest.raises(errors.IdentityMismatchError, match="another recipient"):
         _open(forwarded, world.af1, world.trust)
 

@@ -1,4 +1,4 @@
-"""Known-answer vectors (tests/vectors/envelope-kat.json), one per suite.
+"""Known-answer vectors (tests/vectors/envelope-kat.json), one per suite (epoch variants too).
 
 Three kinds of check: the generator still reproduces the deterministic bytes (certificates, CRL,
 signed bytes, signature, inner message); the stored envelope opens to exactly the stored
@@ -18,10 +18,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from broker_adapter.envelope import EnvelopePolicy, open_envelope
 from broker_adapter.identity import LocalIdentity
-from broker_adapter.suites import SUITES
+from broker_adapter.suites import DEFAULT_SUITE_NAME, SUITES
 from broker_adapter.trust import TrustMaterial, TrustStore
 from tests.vectors import make_envelope_kat as gen
 
@@ -99,7 +100,41 @@ def test_stored_envelope_opens_to_the_stored_content(suite: str) -> None:
     # The ciphertext carries exactly the stored inner bytes.
     outer = msgpack.unpackb(data)
     inner = SUITES[suite].hpke_open(private, outer[4], bytes.fromhex(case["hpke_info"]))
+    if case["mode"] == "epoch":
+        # An epoch envelope's HPKE payload is the epoch key; the inner is under AES-256-GCM.
+        assert inner.hex() == case["epoch_key"]
+        inner = AESGCM(inner).decrypt(outer[5], outer[6], bytes.fromhex(case["aad"]))
     assert inner.hex() == case["inner"]
+
+
+EPOCH_CASES = sorted(name for name, case in CASES.items() if case["mode"] == "epoch")
+
+
+def test_the_default_suite_has_an_epoch_vector() -> None:
+    assert DEFAULT_SUITE_NAME in EPOCH_CASES and len(EPOCH_CASES) == 3
+
+
+@pytest.mark.parametrize("suite", EPOCH_CASES)
+def test_epoch_aes_gcm_part_is_reproduced_exactly(suite: str) -> None:
+    case = CASES[suite]
+    keys = gen.FixedKeys()
+    _, recipient, _ = gen.case_inputs(keys, gen.build_certificates(keys), suite)
+    inner = bytes.fromhex(case["inner"])
+    assert gen.epoch_ciphertext(suite, recipient, inner).hex() == case["ciphertext"]
+    # Independently of the envelope module: the aad from the documented rule, plain AES-GCM.
+    aad = msgpack.packb(
+        ["AKMA-ENVELOPE-AEAD", 1, suite, KAT["sender"], KAT["recipient"], recipient.kid],
+        use_bin_type=True,
+    )
+    assert aad.hex() == case["aad"]
+    key, nonce = bytes.fromhex(case["epoch_key"]), bytes.fromhex(case["nonce"])
+    assert AESGCM(key).encrypt(nonce, inner, aad).hex() == case["ciphertext"]
+    outer = msgpack.unpackb(bytes.fromhex(case["envelope"]))
+    assert [outer[4].hex(), outer[5].hex(), outer[6].hex()] == [
+        case["wrapped_key"],
+        case["nonce"],
+        case["ciphertext"],
+    ]
 
 
 @pytest.mark.parametrize("suite", sorted(SUITES))

@@ -12,6 +12,10 @@ The one thing that cannot be fixed is the HPKE ephemeral key: ``cryptography``'s
 HPKE API draws it internally and accepts no randomness. Each run therefore produces a different
 ``envelope``. The stored envelope is a fixed *input*: the test checks that it opens, with the
 stored keys at the stored time, to exactly the stored inner message and fields.
+
+Epoch suites (``*-E``) take the epoch key K and the per-message nonce from the injected random
+source, so there the AES-256-GCM part (K, nonce, aad, ciphertext) is reproducible byte for
+byte; only the HPKE-wrapped K in the envelope is not.
 """
 
 from __future__ import annotations
@@ -27,11 +31,18 @@ import msgpack
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, hpke, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mlkem, x25519
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.x509.oid import NameOID
 
-from broker_adapter.envelope import build_signed_inner, hpke_info, signed_bytes
+from broker_adapter.envelope import (
+    build_signed_inner,
+    encrypt_inner,
+    epoch_aad,
+    hpke_info,
+    signed_bytes,
+)
 from broker_adapter.identity import LocalIdentity, RecipientKey, kid_of
-from broker_adapter.suites import SUITES, KemPrivateKey, SigningPrivateKey
+from broker_adapter.suites import SUITES, KemPrivateKey, KeyMode, SigningPrivateKey
 
 OUT = Path(__file__).with_name("envelope-kat.json")
 
@@ -193,6 +204,21 @@ def inner_for(sender: LocalIdentity, recipient: RecipientKey, suite_name: str) -
     return inner
 
 
+EPOCH_KEY = hashlib.sha256(b"akma-envelope-kat/epoch-key").digest()
+EPOCH_NONCE = hashlib.sha256(b"akma-envelope-kat/epoch-nonce").digest()[:12]
+
+
+def epoch_rng(n: int) -> bytes:
+    """The injected randomness of an epoch seal: K (32 bytes) first, then the nonce (12)."""
+    return {32: EPOCH_KEY, 12: EPOCH_NONCE}[n]
+
+
+def epoch_ciphertext(suite_name: str, recipient: RecipientKey, inner: bytes) -> bytes:
+    """The AES-256-GCM part of an epoch envelope, from the documented rule."""
+    aad = epoch_aad(suite_name, SENDER, RECIPIENT, recipient.kid)
+    return AESGCM(EPOCH_KEY).encrypt(EPOCH_NONCE, inner, aad)
+
+
 def main() -> int:
     keys = FixedKeys()
     certs = build_certificates(keys)
@@ -205,10 +231,23 @@ def main() -> int:
         inner = inner_for(sender, recipient, suite_name)
         fields = msgpack.unpackb(inner)
         info = hpke_info(suite_name, SENDER, RECIPIENT, recipient.kid)
-        sealed = suite.hpke_seal(recipient.public_key, inner, info)
-        envelope = msgpack.packb([1, suite_name, SENDER, recipient.kid, sealed], use_bin_type=True)
+        envelope = encrypt_inner(
+            inner, suite=suite, sender=SENDER, recipient=recipient, rng=epoch_rng, now_ms=NOW_MS
+        )
+        extra: dict[str, str] = {}
+        if suite.mode is KeyMode.EPOCH:
+            outer = msgpack.unpackb(envelope)
+            assert outer[6] == epoch_ciphertext(suite_name, recipient, inner)
+            extra = {
+                "epoch_key": EPOCH_KEY.hex(),
+                "nonce": EPOCH_NONCE.hex(),
+                "aad": epoch_aad(suite_name, SENDER, RECIPIENT, recipient.kid).hex(),
+                "ciphertext": outer[6].hex(),
+                "wrapped_key": outer[4].hex(),
+            }
         cases.append(
             {
+                "mode": suite.mode.value,
                 "suite": suite_name,
                 "signed_bytes": signed_bytes(suite_name, fields[:10]).hex(),
                 "signature": fields[10].hex(),
@@ -218,6 +257,7 @@ def main() -> int:
                 "signer_kid": sender.signing_kid.hex(),
                 "envelope": envelope.hex(),
                 "envelope_sha256": hashlib.sha256(envelope).hexdigest(),
+                **extra,
             }
         )
     document = {
@@ -226,9 +266,11 @@ def main() -> int:
             "vectors exist for this format). Keys derive from SHA-256 of fixed labels; the CA "
             "signs with RFC 6979 deterministic ECDSA; clock and message id are constants. "
             "Reproducible byte for byte: certificates, CRL, signed_bytes, signature, inner, "
-            "hpke_info. NOT reproducible: envelope, because cryptography's HPKE draws its "
-            "ephemeral key internally and accepts no injected randomness; the stored envelope "
-            "is a fixed input that must open to exactly the stored inner message."
+            "hpke_info; for epoch suites (-E) also epoch_key, nonce, aad and ciphertext (K and "
+            "the nonce come from the injected rng). NOT reproducible: envelope (and an epoch "
+            "suite's wrapped_key), because cryptography's HPKE draws its ephemeral key "
+            "internally and accepts no injected randomness; the stored envelope is a fixed "
+            "input that must open to exactly the stored inner message."
         ),
         "generator": "tests/vectors/make_envelope_kat.py",
         "now_ms": NOW_MS,
