@@ -23,13 +23,12 @@ from pathlib import Path
 import aiormq
 import aiormq.abc
 import pytest
-
-from tests.conftest import _unavailable
 from pamqp import commands as spec
 
 from infra.endpoint import BrokerEndpoint
 from infra.local_broker import LocalBroker
 from infra.pki import PkiLayout, ensure_dev_pki
+from tests.conftest import _unavailable
 
 pytestmark = pytest.mark.broker
 
