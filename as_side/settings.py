@@ -3,22 +3,15 @@ named by ``AKMA_AF_CONFIG_FILE`` (the environment wins)."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from pydantic import Field
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-)
+from pydantic_settings import SettingsConfigDict
 
+from broker_adapter.config import EnvAndTomlSettings
 from broker_adapter.runtime import SecuritySettings
 from broker_adapter.transport import BrokerSettings
 
 
-class AfSettings(BaseSettings):
+class AfSettings(EnvAndTomlSettings):
     model_config = SettingsConfigDict(
         env_prefix="AKMA_AF_", env_nested_delimiter="__", extra="forbid", frozen=True
     )
@@ -37,18 +30,3 @@ class AfSettings(BaseSettings):
     demo_reveal_keys: bool = False
     metrics_port: int | None = None
     log_level: str = "INFO"
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        config_file = os.environ.get("AKMA_AF_CONFIG_FILE")
-        if config_file:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
-        return tuple(sources)

@@ -6,22 +6,17 @@ named by ``AKMA_NET_CONFIG_FILE`` supplies the same keys; the environment wins o
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from pydantic import Field
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-)
+from pydantic_settings import SettingsConfigDict
 
+from broker_adapter.config import EnvAndTomlSettings
 from broker_adapter.runtime import SecuritySettings
 from broker_adapter.transport import BrokerSettings
 
 
-class NetworkSettings(BaseSettings):
+class NetworkSettings(EnvAndTomlSettings):
     model_config = SettingsConfigDict(
         env_prefix="AKMA_NET_", env_nested_delimiter="__", extra="forbid", frozen=True
     )
@@ -37,21 +32,6 @@ class NetworkSettings(BaseSettings):
     prefetch: int = Field(default=64, ge=1)
     metrics_port: int | None = None
     log_level: str = "INFO"
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        config_file = os.environ.get("AKMA_NET_CONFIG_FILE")
-        if config_file:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
-        return tuple(sources)
 
 
 def read_master_key(path: Path) -> bytes:
