@@ -84,6 +84,11 @@ class AkmaKeyClient:
         self._max_cached = max_cached
         self._cache: OrderedDict[tuple[str, bool], ApplicationKey] = OrderedDict()
         self._in_flight: dict[tuple[str, bool], asyncio.Future[ApplicationKey]] = {}
+        # In-flight fetches whose A-KID was dropped meanwhile (a context-removed notification
+        # processed before the answer). Their answer may predate the removal, so it goes to the
+        # waiting callers but is not cached: otherwise a removed context's K_AF would be served
+        # from the cache until its expiry.
+        self._dropped_in_flight: set[tuple[str, bool]] = set()
 
     async def get_application_key(self, a_kid: str, *, anonymous: bool = False) -> ApplicationKey:
         key = (a_kid, anonymous)
@@ -114,8 +119,11 @@ class AkmaKeyClient:
             raise
         finally:
             self._in_flight.pop(key, None)
+            dropped_meanwhile = key in self._dropped_in_flight
+            self._dropped_in_flight.discard(key)
         future.set_result(result)
-        self._remember(key, result)
+        if not dropped_meanwhile:
+            self._remember(key, result)
         KEY_REQUESTS.labels(source="network", outcome="ok").inc()
         return result
 
@@ -154,7 +162,9 @@ class AkmaKeyClient:
             CACHE_DROPS.labels(reason="capacity").inc()
 
     def drop(self, a_kid: str) -> int:
-        """Forget every cached key for ``a_kid``; returns how many were dropped."""
+        """Forget every cached key for ``a_kid``, and keep the answers to fetches in flight for
+        it out of the cache; returns how many cached keys were dropped."""
+        self._dropped_in_flight.update(k for k in self._in_flight if k[0] == a_kid)
         dropped = [k for k in self._cache if k[0] == a_kid]
         for k in dropped:
             del self._cache[k]

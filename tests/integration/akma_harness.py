@@ -6,16 +6,20 @@ replay store file; only the process boundary is left out so tests can look insid
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import REGISTRY as METRICS
+
 from as_side.service import AfService, inbox_queue
 from broker_adapter.runtime import SecureParty, SecuritySettings, open_secure_party, system_clock_ms
 from broker_adapter.secure import SecureRequester
+from broker_adapter.transport import Ack, Consumer, Delivery, Outcome
 from infra.pki import PkiLayout
 from network_side.aanf import Aanf, AanfConfig
 from network_side.af_registry import AfRegistry
@@ -24,7 +28,7 @@ from network_side.context_store import SqliteContextStore
 from network_side.messages import AkmaKeyInfo, AnchorKeyRegistered, CtxRemove, decode_body
 from network_side.nef import Nef
 from network_side.service import NetworkService
-from tests.integration.support import party_settings
+from tests.integration.support import Management, party_settings
 
 REPO = Path(__file__).resolve().parents[2]
 REGISTRY = REPO / "infra" / "af-registry.example.toml"
@@ -68,8 +72,12 @@ async def network(
     clock: Callable[[], int] = system_clock_ms,
     config: AanfConfig | None = None,
     registry: AfRegistry | None = None,
+    master_key: bytes | None = None,
 ) -> AsyncIterator[Network]:
-    store = SqliteContextStore(workdir / "contexts.sqlite3", master_key=os.urandom(32))
+    # Pass the same ``master_key`` to bring a network back over the same context database.
+    store = SqliteContextStore(
+        workdir / "contexts.sqlite3", master_key=master_key or os.urandom(32)
+    )
     aanf = Aanf(store, clock, config or AanfConfig())
     nef = Nef(registry or AfRegistry.load(REGISTRY), aanf, clock)
     party = await open_party(broker, pki, pki.network, workdir)
@@ -103,7 +111,7 @@ async def af(
 
 
 @asynccontextmanager
-async def ausf(broker: Any, pki: PkiLayout, workdir: Path) -> AsyncIterator["Ausf"]:
+async def ausf(broker: Any, pki: PkiLayout, workdir: Path) -> AsyncIterator[Ausf]:
     party = await open_party(broker, pki, "ausf", workdir)
     requester = SecureRequester(party.endpoint, party.connection, inbox_queue("ausf"))
     await requester.start()
@@ -133,4 +141,119 @@ class Ausf:
         return decode_body(answer.msg_type, answer.body)
 
 
-__all__ = ["AnchorKeyRegistered", "Ausf", "Network", "af", "ausf", "network", "open_party"]
+# ---- helpers for the failure and operation tests (additive) -------------------------------------
+
+VHOST = "akma"
+REQUEST_QUEUE = "network.requests"
+DEAD_LETTER_QUEUE = "akma.dead-letters"
+
+
+class ShiftedClock:
+    """The system clock plus an offset the test moves forward, so expiry is tested without
+    sleeping. Only the AAnF/NEF get it; the envelope layer keeps the real clock, so messages
+    still pass the timestamp check."""
+
+    def __init__(self) -> None:
+        self.offset_ms = 0
+
+    def __call__(self) -> int:
+        return system_clock_ms() + self.offset_ms
+
+    def advance(self, ms: int) -> None:
+        self.offset_ms += ms
+
+
+def metric_total(name: str, labels: dict[str, str] | None = None) -> float:
+    """Sum of every sample of counter ``name`` (``_total``) whose labels include ``labels``."""
+    want = labels or {}
+    total = 0.0
+    for family in METRICS.collect():
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in want.items()):
+                total += sample.value
+    return total
+
+
+async def wait_until(
+    predicate: Callable[[], bool], *, timeout_s: float = 5.0, interval_s: float = 0.05
+) -> None:
+    """Poll ``predicate`` until it holds; fail the test with a timeout otherwise."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s} s")
+        await asyncio.sleep(interval_s)
+
+
+def management(broker: Any, pki: PkiLayout) -> Management | None:
+    """The operator's management client, or None when the broker endpoint has no API."""
+    if broker.management_url is None:
+        return None
+    return Management(broker.management_url, pki.admin_password(), str(pki.ca_cert))
+
+
+def purge(mgmt: Management | None, *queues: str) -> None:
+    """Empty work queues the shared session broker may still hold from earlier tests."""
+    if mgmt is not None:
+        for queue in queues:
+            mgmt.purge(VHOST, queue)
+
+
+async def dead_letter_with(
+    mgmt: Management, message_id: str, *, timeout_s: float = 15.0
+) -> dict[str, Any]:
+    """Take dead letters off ``akma.dead-letters`` until the one with ``message_id`` appears."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    others = 0
+    while asyncio.get_running_loop().time() < deadline:
+        for item in await asyncio.to_thread(mgmt.get_messages, VHOST, DEAD_LETTER_QUEUE):
+            if item["properties"].get("message_id") == message_id:
+                return item
+            others += 1
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"{message_id} not dead-lettered within {timeout_s} s ({others} others)")
+
+
+class InboxRecorder:
+    """A raw consumer on a party's inbox that records every delivery before ``on_delivery``
+    (default: ack) decides. Used where a test must see the wire, e.g. a re-sent answer."""
+
+    def __init__(
+        self,
+        party: SecureParty,
+        queue: str,
+        on_delivery: Callable[[Delivery], Awaitable[Outcome]] | None = None,
+    ) -> None:
+        self.deliveries: list[Delivery] = []
+        self._on_delivery = on_delivery
+        self._consumer = Consumer(party.connection, queue, self._handle, publisher=party.publisher)
+
+    async def _handle(self, delivery: Delivery) -> Outcome:
+        self.deliveries.append(delivery)
+        if self._on_delivery is None:
+            return Ack()
+        return await self._on_delivery(delivery)
+
+    async def start(self) -> None:
+        await self._consumer.start()
+
+    async def stop(self) -> None:
+        await self._consumer.stop(drain_timeout_s=2)
+
+
+__all__ = [
+    "AnchorKeyRegistered",
+    "Ausf",
+    "InboxRecorder",
+    "Network",
+    "ShiftedClock",
+    "af",
+    "ausf",
+    "dead_letter_with",
+    "management",
+    "metric_total",
+    "network",
+    "open_party",
+    "purge",
+    "wait_until",
+]
