@@ -14,6 +14,7 @@ from prometheus_client import start_http_server
 
 # Attributes every LogRecord has; anything else was passed in ``extra`` and is emitted as a field.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+_SCALARS = (str, int, float, bool, type(None))
 
 
 class JsonFormatter(logging.Formatter):
@@ -28,7 +29,13 @@ class JsonFormatter(logging.Formatter):
         }
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
+                entry[key] = value if isinstance(value, _SCALARS) else repr(value)
+        audit = getattr(record, "audit", None)
+        if isinstance(audit, dict):
+            # Audit records (logger ``akma.audit``) carry their fields as a dict of scalars:
+            # nest it rather than repeat it as a quoted JSON string in ``msg``.
+            entry["msg"] = "audit"
+            entry["audit"] = {k: v for k, v in audit.items() if isinstance(v, _SCALARS)}
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, separators=(",", ":"))

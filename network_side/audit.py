@@ -58,4 +58,9 @@ class AuditLog:
             return
         line = {"ts_ms": self._clock(), "event": event, "outcome": outcome}
         line.update({k: v for k, v in fields.items() if v is not None})
-        self._logger.info(json.dumps(line, sort_keys=True, separators=(",", ":")))
+        # The message is the JSON line itself, so any plain handler writes valid JSON lines; the
+        # same record rides in ``extra`` so a structured formatter can nest it instead of
+        # quoting JSON inside JSON.
+        self._logger.info(
+            json.dumps(line, sort_keys=True, separators=(",", ":")), extra={"audit": line}
+        )
