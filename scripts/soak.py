@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from broker_adapter.worker import JsonFormatter
 from reliability.result import (
     FULL,
     SMALL,
@@ -31,6 +33,18 @@ def _registry() -> dict[str, Scenario]:
     return {**faults.SCENARIOS, **hostile.SCENARIOS}
 
 
+def _log_to_file(path: Path) -> Path:
+    """Thousands of expected rejections are logged during a soak: keep them in a file (JSON
+    lines, like the workers') so the console shows progress and the table."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="w")
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    return path
+
+
 def main() -> int:
     registry = _registry()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -39,6 +53,8 @@ def main() -> int:
     parser.add_argument("--out", default="reliability/results/latest.json")
     args = parser.parse_args()
     scale = FULL if args.scale == "full" else SMALL
+    log_file = _log_to_file(Path(args.out).with_name("soak.log"))
+    print(f"worker and scenario logs: {log_file}")
     results: list[ScenarioResult] = []
     for name in args.only or list(registry):
         print(f"-- {name} ({scale.name})", flush=True)
