@@ -61,7 +61,8 @@ lint: venv
 	$(PY) -m mypy
 
 bench: venv prereqs
-	$(PY) -m bench.envelope_bench
+	@$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) -m bench.run
 
 soak: venv prereqs
 	$(PY) -m scripts.soak

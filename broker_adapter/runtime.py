@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -57,9 +58,17 @@ class SecuritySettings(BaseModel):
     replay_redis_url: str | None = None
     replay_redis_prefix: str = "akma:replay:"
     # A handler holding a message longer than this is presumed dead and the message reprocessed.
-    replay_lease_ms: int = Field(default=30_000, gt=0)
+    # Keep it within one lease wait of the consumer (5 s in broker_adapter.secure) and well
+    # under a requester's patience (AF: 3 x 5 s): after a worker crash, the redelivery then
+    # reclaims the message at its first wait. With 30 s, a crashed worker's in-flight requests
+    # stalled past the AF's timeout and spent the queue's delivery limit on lease waits
+    # (found by the worker_crash scenario, docs/reliability.md).
+    replay_lease_ms: int = Field(default=5_000, gt=0)
     # Trust material (CA, CRL, peer certificates) is re-read this often without a restart.
     trust_reload_s: float = Field(default=60.0, gt=0)
+    # Open envelopes (checks 1-7) on one worker thread instead of the event loop; pays only
+    # where a core is free for it (docs/benchmarks.md).
+    open_in_thread: bool = False
 
 
 @dataclass
@@ -72,6 +81,7 @@ class SecureParty:
     trust: TrustStore
     store: ReplayStore
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _executor: ThreadPoolExecutor | None = None
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -82,6 +92,8 @@ class SecureParty:
         await self.publisher.close()
         await self.connection.close()
         await self.store.close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
 
 
 async def _open_store(settings: SecuritySettings) -> ReplayStore:
@@ -145,8 +157,15 @@ async def open_secure_party(
     )
     connection = await connect(broker)
     publisher = Publisher(connection, broker.identity, confirm_timeout_s=broker.publish_timeout_s)
-    endpoint = SecureEndpoint(codec=codec, guard=guard, publisher=publisher)
-    party = SecureParty(connection, publisher, endpoint, trust, store)
+    executor = (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="envelope-open")
+        if security.open_in_thread
+        else None
+    )
+    endpoint = SecureEndpoint(
+        codec=codec, guard=guard, publisher=publisher, open_executor=executor
+    )
+    party = SecureParty(connection, publisher, endpoint, trust, store, _executor=executor)
     party._tasks.append(
         asyncio.create_task(_reload_trust_periodically(trust, security.trust_reload_s))
     )

@@ -20,6 +20,7 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from prometheus_client import Counter
@@ -77,6 +78,7 @@ class SecureEndpoint:
         codec: EnvelopeCodec,
         guard: ReplayGuard,
         publisher: Publisher,
+        open_executor: Executor | None = None,
     ) -> None:
         if publisher.identity != codec.identity.name:
             raise BrokerAdapterError(
@@ -86,6 +88,12 @@ class SecureEndpoint:
         self.codec = codec
         self.guard = guard
         self.publisher = publisher
+        # Optional: run checks 1-7 on this executor instead of the event loop. ECDSA
+        # verification and AES-GCM release the GIL, so on a machine with a spare core the loop
+        # keeps moving frames and replay claims meanwhile. It must have ONE worker: the codec's
+        # epoch-key cache is not made for concurrent opens. See docs/benchmarks.md for when
+        # it pays (the hand-off itself costs tens of microseconds).
+        self._open_executor = open_executor
 
     @property
     def identity(self) -> str:
@@ -184,7 +192,12 @@ class SecureEndpoint:
     ) -> Outcome:
         """Open, claim, then run ``process``; map every verdict to a transport outcome."""
         try:
-            opened = self.open(delivery)
+            if self._open_executor is None:
+                opened = self.open(delivery)
+            else:
+                opened = await asyncio.get_running_loop().run_in_executor(
+                    self._open_executor, self.open, delivery
+                )
             claim = await self.claim(opened)
         except EnvelopeError as exc:
             # Includes replay conflicts, stale and future timestamps: permanent verdicts.
@@ -195,6 +208,13 @@ class SecureEndpoint:
             return Requeue(f"replay store unavailable: {exc.detail}")
         if claim.outcome is ClaimOutcome.DUPLICATE_DONE:
             DUPLICATES.labels(queue=delivery.queue, kind="done").inc()
+            # A redelivery after a crash looks the same as a replay by the sender, so this is
+            # INFO, not a warning; the line lets an operator trace either back to its message.
+            log.info(
+                "duplicate delivery acked",
+                extra={"queue": delivery.queue, "sender": opened.sender,
+                       "msg_id": opened.msg_id.hex(), "message_id": delivery.message_id},
+            )
             if on_duplicate is not None:
                 await on_duplicate(opened, claim)
             return Ack()

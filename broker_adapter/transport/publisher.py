@@ -78,6 +78,8 @@ class Publisher:
         self._channel: AbstractChannel | None = None
         self._exchanges: dict[str, AbstractExchange] = {}
         self._lock = asyncio.Lock()
+        # Labelled "confirmed" counters per exchange, looked up once (the hot path).
+        self._m_confirmed: dict[str, Any] = {}
 
     @property
     def identity(self) -> str:
@@ -137,7 +139,11 @@ class Publisher:
                     mandatory=mandatory,
                     timeout=self._confirm_timeout_s,
                 )
-                metrics.PUBLISHED.labels(exchange=exchange, outcome="confirmed").inc()
+                confirmed = self._m_confirmed.get(exchange)
+                if confirmed is None:
+                    confirmed = metrics.PUBLISHED.labels(exchange=exchange, outcome="confirmed")
+                    self._m_confirmed[exchange] = confirmed
+                confirmed.inc()
                 return
             except aiormq.exceptions.PublishError as exc:
                 metrics.PUBLISHED.labels(exchange=exchange, outcome="returned").inc()

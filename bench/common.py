@@ -1,0 +1,218 @@
+"""What every benchmark part shares: the bench deployment (PKI, broker, registry), how a party's
+settings are built for a child process, and the JSON-lines protocol spoken with child processes.
+
+Child processes are started with ``python -m bench.roles <role> <json config>``; they print one
+JSON object per line on stdout (``{"event": "ready"}``, then ``{"event": "result", ...}``) and log
+to a file. Timestamps crossing the process boundary are ``time.time()`` (one machine, one clock).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from broker_adapter.runtime import SecuritySettings
+from broker_adapter.transport import BrokerSettings
+from infra.endpoint import BrokerEndpoint
+from infra.management import Management
+from infra.pki import PkiLayout
+
+REPO = Path(__file__).resolve().parents[1]
+NETWORK = "network"
+AF = "af1.example.com"
+AF_FQDN = AF
+REQUEST_EXCHANGE = "akma.requests"
+REPLY_EXCHANGE = "akma.replies"
+REQUEST_QUEUE = "network.requests"
+AF_INBOX = f"af.{AF}.inbox"
+VHOST = "akma"
+BODY_BYTES = 200
+
+# The example registry throttles af1 to 50 requests/s, which would measure the rate limiter, not
+# the messaging; the bench registry is the same AF with a limit far above anything reachable.
+BENCH_REGISTRY = """\
+ausf_identities = ["ausf"]
+
+[[af]]
+identity = "af1.example.com"
+kind = "internal"
+rate_per_second = 1000000.0
+burst = 1000000
+af_ids = [{ fqdn = "af1.example.com", ua_protocol_id = "0100000007" }]
+"""
+
+
+class BenchError(Exception):
+    """Root of the bench harness's own failures (a child process that died, a timeout)."""
+
+    code = "bench_error"
+
+
+class ChildFailedError(BenchError):
+    code = "child_failed"
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """A running bench broker with its PKI and a scratch directory."""
+
+    endpoint: BrokerEndpoint
+    pki: PkiLayout
+    work: Path
+
+    def management(self) -> Management:
+        return Management(
+            self.endpoint.management_url or "", self.pki.admin_password(), str(self.pki.ca_cert)
+        )
+
+    def broker_settings(self, name: str) -> BrokerSettings:
+        paths = self.pki.party(name)
+        return BrokerSettings(
+            host=self.endpoint.host,
+            port=self.endpoint.port,
+            vhost=self.endpoint.vhost,
+            identity=name,
+            ca_file=self.pki.ca_cert,
+            cert_file=paths.tls_cert,
+            key_file=paths.tls_key,
+        )
+
+    def security_settings(self, name: str, **overrides: Any) -> SecuritySettings:
+        values: dict[str, Any] = {
+            "key_dir": self.pki.party_dir(name),
+            "trust_dir": self.pki.root,
+            "replay_store": "memory",
+        }
+        values.update(overrides)
+        return SecuritySettings(**values)
+
+    def party_config(self, name: str, **security: Any) -> dict[str, Any]:
+        """JSON-able settings of one party, for a child process."""
+        return {
+            "broker": self.broker_settings(name).model_dump(mode="json"),
+            "security": self.security_settings(name, **security).model_dump(mode="json"),
+        }
+
+    def env_for_worker(self, prefix: str, name: str, **security: Any) -> dict[str, str]:
+        """Environment for a real worker (``python -m network_side``) of party ``name``."""
+        env = dict(os.environ)
+        for key, value in self.broker_settings(name).model_dump(mode="json").items():
+            if value is not None:
+                env[f"{prefix}BROKER__{key.upper()}"] = str(value)
+        sec = self.security_settings(name, **security).model_dump(mode="json")
+        for key, value in sec.items():
+            if value is None:
+                continue
+            if isinstance(value, list):
+                value = json.dumps(value)
+            env[f"{prefix}SECURITY__{key.upper()}"] = str(value)
+        return env
+
+
+def machine_info() -> dict[str, Any]:
+    import platform
+
+    import cryptography
+
+    load = os.getloadavg()
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "cryptography": cryptography.__version__,
+        "loadavg": [round(x, 2) for x in load],
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+class Child:
+    """A child process speaking the JSON-lines protocol on stdout."""
+
+    def __init__(self, label: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None):
+        self.label = label
+        self.log_path = log_path
+        log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
+        try:
+            self.proc = subprocess.Popen(
+                argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=log,
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            log.close()
+        assert self.proc.stdout is not None
+        self._out: IO[bytes] = self.proc.stdout
+
+    @classmethod
+    def role(cls, label: str, role: str, config: dict[str, Any], work: Path) -> Child:
+        argv = [sys.executable, "-m", "bench.roles", role, json.dumps(config)]
+        profile_dir = os.environ.get("AKMA_BENCH_PROFILE_DIR")
+        if profile_dir:
+            # Sampling profile of every child (py-spy, collapsed stacks), for bench/profile.py.
+            spy = Path(sys.executable).with_name("py-spy")
+            out = Path(profile_dir) / f"{label}.txt"
+            argv = [str(spy), "record", "--format", "raw", "--rate", "250", "--nonblocking",
+                    "-o", str(out), "--", *argv]
+        return cls(label, argv, work / f"{label}.log")
+
+    def event(self, name: str, timeout_s: float = 120.0) -> dict[str, Any]:
+        """Read lines until the event ``name`` arrives; fail if the child exits first."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            line = self._out.readline()
+            if not line:
+                code = self.proc.wait(timeout=10)
+                raise ChildFailedError(
+                    f"{self.label} exited ({code}) before {name!r}; log tail:\n{self.log_tail()}"
+                )
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(msg, dict) and msg.get("event") == name:
+                return msg
+        raise ChildFailedError(f"{self.label}: no {name!r} within {timeout_s}s")
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def stop(self, timeout_s: float = 20.0, *, grace_s: float = 0.0) -> int:
+        """Terminate the child; ``grace_s`` first lets one that is finishing exit by itself."""
+        if grace_s > 0:
+            try:
+                self.proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                pass
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._out.close()
+        return self.proc.returncode
+
+
+def emit(event: str, **fields: Any) -> None:
+    """Child side of the protocol: one JSON line on stdout."""
+    sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,175 @@
+"""Part 2: K_AF request latency, the full AKMA request against a plain request/response.
+
+Secured: the AF's ``AkmaKeyClient`` (cache disabled, so every call goes to the network) in this
+process, the real network worker in another. Plain: ``RpcClient`` here and a plain responder
+process answering with a body of the same size as the sealed answer, over the same queues.
+Concurrent callers never ask for the same A-KID at the same time (no single-flight sharing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from as_side.client import AkmaKeyClient
+from bench.akma_env import AkmaFixture, NetworkWorkers, purge_queues
+from bench.common import (
+    AF,
+    AF_INBOX,
+    NETWORK,
+    REQUEST_EXCHANGE,
+    REQUEST_QUEUE,
+    Child,
+    Deployment,
+)
+from broker_adapter.runtime import open_secure_party, system_clock_ms
+from broker_adapter.secure import SecureRequester
+from broker_adapter.transport import Publisher, RpcClient, connect
+from network_side.akma import UA_TLS13_SHARED_KEY, make_af_id
+from network_side.messages import AkmaAfKeyData, AkmaAfKeyRequest
+
+Call = Callable[[int], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class LatencyConfig:
+    rounds: int
+    # Requests per concurrency level (split evenly between the callers).
+    requests: dict[int, int]
+    warmup: int = 20
+
+
+def _percentiles(samples: list[float]) -> dict[str, float]:
+    ms = sorted(s * 1000 for s in samples)
+    q = statistics.quantiles(ms, n=100, method="inclusive")
+    return {"p50_ms": q[49], "p99_ms": q[98], "mean_ms": statistics.fmean(ms), "n": len(ms)}
+
+
+async def _measure(call: Call, concurrency: int, total: int) -> dict[str, float]:
+    per_lane = max(1, total // concurrency)
+    samples: list[float] = []
+
+    async def lane(i: int) -> None:
+        for j in range(per_lane):
+            started = time.perf_counter()
+            await call(j * concurrency + i)
+            samples.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(lane(i) for i in range(concurrency)))
+    out = _percentiles(samples)
+    out["req_per_s"] = len(samples) / (time.perf_counter() - started)
+    return out
+
+
+async def _secured_phase(dep: Deployment, akma: AkmaFixture, cfg: LatencyConfig,
+                         label: str) -> dict[int, dict[str, float]]:
+    workers = NetworkWorkers(dep, akma, 1, f"lat-net-{label}")
+    try:
+        workers.wait_ready()
+        party = await open_secure_party(
+            dep.broker_settings(AF),
+            dep.security_settings(AF, replay_store="sqlite",
+                                  replay_sqlite_path=str(dep.work / f"lat-af-{label}.sqlite3")),
+        )
+        requester = SecureRequester(party.endpoint, party.connection, AF_INBOX)
+        # max_cached=0: every call is a network request, as the brief asks (cache disabled).
+        client = AkmaKeyClient(requester, af_id=make_af_id(AF, UA_TLS13_SHARED_KEY),
+                               clock_ms=system_clock_ms, max_cached=0)
+        await requester.start()
+        a_kids = akma.a_kids
+
+        async def call(i: int) -> None:
+            await client.get_application_key(a_kids[i % len(a_kids)])
+
+        try:
+            for i in range(cfg.warmup):
+                await call(i)
+            return {c: await _measure(call, c, n) for c, n in cfg.requests.items()}
+        finally:
+            await requester.stop()
+            await party.close()
+    finally:
+        workers.stop()
+
+
+async def _plain_phase(dep: Deployment, cfg: LatencyConfig, sizes: dict[str, int],
+                       label: str) -> dict[int, dict[str, float]]:
+    responder = Child.role(
+        f"lat-plain-{label}", "plain-responder",
+        {"reply_bytes": sizes["reply"], "prefetch": 64, "party": dep.party_config(NETWORK)},
+        dep.work,
+    )
+    try:
+        responder.event("ready")
+        connection = await connect(dep.broker_settings(AF))
+        publisher = Publisher(connection, AF)
+        rpc = RpcClient(connection, publisher, AF_INBOX)
+        await rpc.start()
+        body = os.urandom(sizes["request"])
+
+        async def call(i: int) -> None:
+            await rpc.request(REQUEST_EXCHANGE, NETWORK, body, timeout_s=15,
+                              msg_type=AkmaAfKeyRequest.MSG_TYPE)
+
+        try:
+            for i in range(cfg.warmup):
+                await call(i)
+            return {c: await _measure(call, c, n) for c, n in cfg.requests.items()}
+        finally:
+            await rpc.stop()
+            await publisher.close()
+            await connection.close()
+    finally:
+        responder.stop()
+
+
+async def envelope_sizes(dep: Deployment, akma: AkmaFixture) -> dict[str, int]:
+    """Sizes of a sealed key request and of a sealed key answer, for the plain counterpart."""
+    party = await open_secure_party(dep.broker_settings(AF), dep.security_settings(AF))
+    try:
+        request = AkmaAfKeyRequest(af_id=make_af_id(AF, UA_TLS13_SHARED_KEY), a_kid=akma.a_kids[0])
+        req, _ = party.endpoint.seal(NETWORK, request.MSG_TYPE, request.to_body())
+        answer = AkmaAfKeyData(k_af=os.urandom(32), expiry_ms=system_clock_ms() + 3_600_000,
+                               supi="imsi-001010000000001")
+        # Sealed by us to the network, the answer differs from the real one only by the length
+        # of the two names, a few bytes.
+        rep, _ = party.endpoint.seal(NETWORK, answer.MSG_TYPE, answer.to_body())
+        return {"request": len(req), "reply": len(rep)}
+    finally:
+        await party.close()
+
+
+async def run_latency(dep: Deployment, akma: AkmaFixture, cfg: LatencyConfig,
+                      log: Any = print) -> dict[str, Any]:
+    sizes = await envelope_sizes(dep, akma)
+    runs: dict[str, list[dict[int, dict[str, float]]]] = {"secured": [], "plain": []}
+    for round_ in range(cfg.rounds):
+        order = ["secured", "plain"] if round_ % 2 == 0 else ["plain", "secured"]
+        for mode in order:
+            purge_queues(dep, REQUEST_QUEUE, AF_INBOX)
+            label = f"{mode}-{round_}"
+            if mode == "secured":
+                result = await _secured_phase(dep, akma, cfg, label)
+            else:
+                result = await _plain_phase(dep, cfg, sizes, label)
+            runs[mode].append(result)
+            log("  latency " + mode.ljust(8) + f" round {round_ + 1}: " + ", ".join(
+                f"c={c} p50 {r['p50_ms']:.1f} p99 {r['p99_ms']:.1f} ms" for c, r in result.items()))
+    out: dict[str, Any] = {"sizes_bytes": sizes, "rounds": cfg.rounds, "levels": {}}
+    for c in cfg.requests:
+        level: dict[str, Any] = {}
+        for mode, results in runs.items():
+            level[mode] = {
+                k: statistics.median(r[c][k] for r in results)
+                for k in ("p50_ms", "p99_ms", "mean_ms", "req_per_s")
+            } | {"n": results[0][c]["n"]}
+        level["p50_ratio"] = level["secured"]["p50_ms"] / level["plain"]["p50_ms"]
+        level["p99_ratio"] = level["secured"]["p99_ms"] / level["plain"]["p99_ms"]
+        out["levels"][str(c)] = level
+    return out

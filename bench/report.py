@@ -1,0 +1,185 @@
+"""Headline metrics against the targets, and the three outputs: JSON, markdown table, PNG chart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+# name -> (comparison, bound); "ge" means the value must be at least the bound.
+TARGETS: dict[str, tuple[str, float]] = {
+    "throughput_ratio": ("ge", 0.75),
+    "throughput_ratio_redis": ("ge", 0.75),
+    "rpc_p99_ratio": ("le", 1.3),
+    "envelope_vs_jose_ratio": ("le", 0.5),
+    "replay_bytes_per_id": ("le", 256.0),
+}
+
+
+def headline(results: dict[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    tp = results.get("throughput")
+    if tp:
+        variants = tp["variants"]
+        out["throughput_ratio"] = variants["secured_sqlite"]["ratio_to_plain"]
+        if "secured_redis" in variants:
+            out["throughput_ratio_redis"] = variants["secured_redis"]["ratio_to_plain"]
+    lat = results.get("latency")
+    if lat:
+        # The worst concurrency level is the headline: a p99 that holds only when idle is no
+        # promise.
+        out["rpc_p99_ratio"] = max(level["p99_ratio"] for level in lat["levels"].values())
+    cpu = results.get("envelope_cpu")
+    if cpu:
+        out["envelope_vs_jose_ratio"] = cpu["envelope_vs_jose_ratio"]
+    sc = results.get("scaling")
+    if sc:
+        out["worker_scaling"] = sc["worker_scaling"]
+    mem = results.get("memory")
+    if mem:
+        out["replay_bytes_per_id"] = mem["replay_bytes_per_id"]
+    return out
+
+
+def verdicts(metrics: dict[str, float]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for name, (op, bound) in TARGETS.items():
+        if name in metrics:
+            value = metrics[name]
+            met = value >= bound if op == "ge" else value <= bound
+            out[name] = {"value": value, "target": f"{'>=' if op == 'ge' else '<='} {bound:g}",
+                         "met": met}
+    return out
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [f"# Benchmark results ({results['measured_at']}, {results['mode']} run)", ""]
+    m = results["machine"]
+    lines.append(
+        f"Machine: {m['cpu_model']}, {m['cpus']} CPUs, Python {m['python']}, cryptography "
+        f"{m['cryptography']}; load average before {m['loadavg']}, after "
+        f"{results['machine_after']['loadavg']}. Medians of {results['rounds']} alternating rounds."
+    )
+    lines += ["", "## Targets", "", "| metric | value | target | met |", "|---|---:|---:|---|"]
+    for name, v in results["targets"].items():
+        lines.append(f"| `{name}` | {v['value']:.2f} | {v['target']} | {'yes' if v['met'] else 'NO'} |")
+    if "worker_scaling" in results["metrics"]:
+        lines.append(f"| `worker_scaling` | {results['metrics']['worker_scaling']:.2f} | (reported) | |")
+    tp = results.get("throughput")
+    if tp:
+        lines += ["", (f"## Throughput ({tp['count']} messages of {tp['body_bytes']} bytes, "
+                       f"window {tp['window']}, prefetch {tp['prefetch']})"), "",
+                  "| variant | msg/s | ratio to plain | producer CPU us/msg | consumer CPU us/msg | runs |",
+                  "|---|---:|---:|---:|---:|---|"]
+        for name, row in tp["variants"].items():
+            lines.append(
+                f"| {name} | {row['msg_per_s']:.0f} | {row['ratio_to_plain']:.2f} | "
+                f"{row['producer_cpu_us_per_msg']:.0f} | {row['consumer_cpu_us_per_msg']:.0f} | "
+                f"{', '.join(f'{x:.0f}' for x in row['runs_msg_per_s'])} |")
+    lat = results.get("latency")
+    if lat:
+        s = lat["sizes_bytes"]
+        lines += ["", f"## K_AF request latency (request {s['request']} B, answer {s['reply']} B)",
+                  "", ("| callers | secured p50 ms | secured p99 ms | plain p50 ms | plain p99 ms | "
+                       "p50 ratio | p99 ratio | secured req/s | plain req/s |"),
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for c, lv in lat["levels"].items():
+            sec, pl = lv["secured"], lv["plain"]
+            lines.append(
+                f"| {c} | {sec['p50_ms']:.2f} | {sec['p99_ms']:.2f} | {pl['p50_ms']:.2f} | "
+                f"{pl['p99_ms']:.2f} | {lv['p50_ratio']:.2f} | {lv['p99_ratio']:.2f} | "
+                f"{sec['req_per_s']:.0f} | {pl['req_per_s']:.0f} |")
+    cpu = results.get("envelope_cpu")
+    if cpu:
+        lines += ["", "## Envelope CPU (us per message, process CPU time)", "",
+                  "| path | seal | open | seal+open | bytes | ratio to JOSE |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for name, row in cpu["suites"].items():
+            mark = " (default)" if name == cpu["default_suite"] else ""
+            lines.append(
+                f"| {name}{mark} | {row['seal_us']:.0f} | {row['open_us']:.0f} | "
+                f"{row['total_us']:.0f} | {row['size_bytes']:.0f} | {row['ratio_to_jose']:.2f} |")
+    sc = results.get("scaling")
+    if sc:
+        lines += ["", f"## Worker scaling ({sc['requests']} key requests)", "",
+                  "| network workers | req/s | runs |", "|---:|---:|---|",
+                  f"| 1 | {sc['one_worker_req_per_s']:.0f} | {sc['runs']['1']} |",
+                  f"| 2 | {sc['two_workers_req_per_s']:.0f} | {sc['runs']['2']} |"]
+    mem = results.get("memory")
+    if mem:
+        lines += ["", "## Replay state per live message id", "", "| store | ids | bytes/id |",
+                  "|---|---:|---:|"]
+        for store in ("sqlite", "redis"):
+            if store in mem:
+                lines.append(f"| {store} | {mem[store]['ids']} | {mem[store]['bytes_per_id']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    fig.suptitle(f"AKMA secure broker: secured vs plain ({results['measured_at']})")
+    tp = results.get("throughput")
+    ax = axes[0][0]
+    if tp:
+        names = list(tp["variants"])
+        ax.bar(names, [tp["variants"][n]["msg_per_s"] for n in names],
+               color=["grey", "tab:blue", "tab:orange", "tab:red"][: len(names)])
+        ax.set_ylabel("msg/s")
+        ax.set_title("Throughput (producer + consumer processes)")
+        ax.tick_params(axis="x", labelrotation=15)
+    lat = results.get("latency")
+    ax = axes[0][1]
+    if lat:
+        levels = list(lat["levels"])
+        xs = range(len(levels))
+        for offset, (mode, color) in enumerate((("plain", "grey"), ("secured", "tab:orange"))):
+            ax.bar([x + offset * 0.4 for x in xs],
+                   [lat["levels"][c][mode]["p99_ms"] for c in levels], 0.4, color=color,
+                   label=f"{mode} p99")
+            ax.scatter([x + offset * 0.4 for x in xs],
+                       [lat["levels"][c][mode]["p50_ms"] for c in levels], color="black",
+                       zorder=3, s=12)
+        ax.set_xticks([x + 0.2 for x in xs], [f"{c} caller(s)" for c in levels])
+        ax.set_ylabel("ms (bars p99, dots p50)")
+        ax.set_title("K_AF request latency")
+        ax.legend()
+    cpu = results.get("envelope_cpu")
+    ax = axes[1][0]
+    if cpu:
+        names = list(cpu["suites"])
+        ax.barh([n.replace("AKMA1-", "").replace("JOSE nested ", "JOSE ")[:40] for n in names],
+                [cpu["suites"][n]["total_us"] for n in names], color="tab:green")
+        ax.set_xlabel("us per seal+open (CPU)")
+        ax.set_title("Envelope CPU")
+        ax.tick_params(axis="y", labelsize=7)
+    ax = axes[1][1]
+    targets = results["targets"]
+    if targets:
+        names = list(targets)
+        values = []
+        for n in names:
+            op, bound = TARGETS[n]
+            # Normalised so that 1.0 is the target and a taller bar is better.
+            v = targets[n]["value"]
+            values.append(v / bound if op == "ge" else bound / v if v else 0.0)
+        ax.bar(names, values, color=["tab:green" if targets[n]["met"] else "tab:red" for n in names])
+        ax.axhline(1.0, color="black", linestyle="--")
+        ax.set_title("Targets (value normalised: >= 1 meets)")
+        ax.tick_params(axis="x", labelrotation=20, labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_all(results: dict[str, Any], out_dir: Path) -> str:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
+    text = markdown(results)
+    (out_dir / "latest.md").write_text(text)
+    chart(results, out_dir / "latest.png")
+    return text

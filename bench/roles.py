@@ -1,0 +1,268 @@
+"""Child processes of the benchmark: ``python -m bench.roles <role> <json config>``.
+
+Roles:
+- ``tp-producer``: publishes ``count`` messages with a window of in-flight confirms.
+- ``tp-consumer``: consumes ``count`` messages with manual acks, then reports.
+- ``plain-responder``: answers every request on the network queue with a same-size plain body
+  (the unsecured counterpart of the network worker for the latency comparison).
+
+Modes of the throughput roles:
+- ``plain``: aio-pika only (the baseline: what messaging costs without us);
+- ``transport``: our ``Publisher``/``Consumer`` with plain bodies (our shell, no security);
+- ``secured``: ``SecureEndpoint.seal`` + ``Publisher`` on one side, ``Consumer`` +
+  ``SecureEndpoint.guarded`` (open, checks 1-7, replay claim and completion) on the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+
+from bench.common import (
+    NETWORK,
+    REPLY_EXCHANGE,
+    REQUEST_EXCHANGE,
+    REQUEST_QUEUE,
+    emit,
+)
+from broker_adapter.envelope import OpenedMessage
+from broker_adapter.replay import Claim
+from broker_adapter.runtime import SecuritySettings, open_secure_party
+from broker_adapter.transport import (
+    Ack,
+    BrokerSettings,
+    Consumer,
+    Delivery,
+    Outcome,
+    OutgoingMessage,
+    Publisher,
+    connect,
+)
+
+BENCH_MSG_TYPE = "akma.bench"
+
+
+def _settings(config: dict[str, Any]) -> tuple[BrokerSettings, SecuritySettings]:
+    party = config["party"]
+    return BrokerSettings(**party["broker"]), SecuritySettings(**party["security"])
+
+
+class _Windowed:
+    """Run ``send(i)`` for i in range(count) with at most ``window`` calls in flight."""
+
+    def __init__(self, count: int, window: int, send: Callable[[int], Awaitable[None]]) -> None:
+        self._count, self._window, self._send = count, window, send
+        self._next = 0
+
+    async def _lane(self) -> None:
+        while self._next < self._count:
+            i = self._next
+            self._next += 1
+            await self._send(i)
+
+    async def run(self) -> None:
+        await asyncio.gather(*(self._lane() for _ in range(min(self._window, self._count))))
+
+
+async def producer(config: dict[str, Any]) -> None:
+    broker, security = _settings(config)
+    mode, count, window = config["mode"], int(config["count"]), int(config["window"])
+    body = os.urandom(int(config["body_bytes"]))
+    send: Callable[[int], Awaitable[None]]
+    closers: list[Callable[[], Awaitable[None]]] = []
+    if mode == "plain":
+        connection = await connect(broker)
+        closers.append(connection.close)
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(REQUEST_EXCHANGE, ensure=False)
+
+        async def send(i: int) -> None:
+            await exchange.publish(
+                aio_pika.Message(
+                    body=body,
+                    message_id=secrets.token_hex(16),
+                    user_id=broker.identity,
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                ),
+                routing_key=NETWORK,
+                mandatory=True,
+            )
+
+    elif mode == "transport":
+        connection = await connect(broker)
+        closers.append(connection.close)
+        publisher = Publisher(connection, broker.identity)
+        closers.insert(0, publisher.close)
+
+        async def send(i: int) -> None:
+            await publisher.publish(
+                REQUEST_EXCHANGE,
+                NETWORK,
+                OutgoingMessage(body=body, message_id=secrets.token_hex(16), msg_type=BENCH_MSG_TYPE),
+            )
+
+    else:
+        party = await open_secure_party(broker, security)
+        closers.append(party.close)
+        endpoint = party.endpoint
+
+        async def send(i: int) -> None:
+            data, msg_id = endpoint.seal(NETWORK, BENCH_MSG_TYPE, body)
+            await endpoint.publish_sealed(
+                REQUEST_EXCHANGE, NETWORK, data, msg_id, msg_type=BENCH_MSG_TYPE
+            )
+
+    await send(-1)  # warm-up: channel, exchange, trust verdicts, epoch key
+    emit("ready")
+    cpu0, start = time.process_time(), time.time()
+    await _Windowed(count, window, send).run()
+    end = time.time()
+    emit("result", start_ts=start, end_ts=end, cpu_s=time.process_time() - cpu0, count=count)
+    for close in closers:
+        await close()
+
+
+class _Counter:
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.seen = 0
+        self.rejected = 0
+        self.first_ts = 0.0
+        self.last_ts = 0.0
+        self.cpu0 = 0.0
+        self.done = asyncio.Event()
+
+    def hit(self) -> None:
+        now = time.time()
+        if self.seen == 0:
+            self.first_ts = now
+            self.cpu0 = time.process_time()
+        self.seen += 1
+        if self.seen >= self.count:
+            self.last_ts = now
+            self.done.set()
+
+
+async def consumer(config: dict[str, Any]) -> None:
+    broker, security = _settings(config)
+    mode, prefetch = config["mode"], int(config["prefetch"])
+    # The producer's warm-up message comes first, so one more than ``count`` arrives.
+    counter = _Counter(int(config["count"]) + 1)
+    closers: list[Callable[[], Awaitable[None]]] = []
+    if mode == "plain":
+        connection = await connect(broker)
+        closers.append(connection.close)
+        channel = await connection.channel(publisher_confirms=False)
+        await channel.set_qos(prefetch_count=prefetch)
+        queue = await channel.declare_queue(REQUEST_QUEUE, passive=True)
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            await message.ack()
+            counter.hit()
+
+        await queue.consume(on_message, no_ack=False)
+    else:
+        if mode == "transport":
+            connection = await connect(broker)
+            publisher = Publisher(connection, broker.identity)
+            closers += [publisher.close, connection.close]
+
+            async def handler(delivery: Delivery) -> Outcome:
+                counter.hit()
+                return Ack()
+
+        else:
+            party = await open_secure_party(broker, security)
+            connection, publisher = party.connection, party.publisher
+            closers.append(party.close)
+            endpoint = party.endpoint
+
+            async def process(opened: OpenedMessage, claim: Claim) -> Outcome:
+                await endpoint.guard.complete(claim)
+                return Ack()
+
+            async def handler(delivery: Delivery) -> Outcome:
+                outcome = await endpoint.guarded(delivery, process)
+                if isinstance(outcome, Ack):
+                    counter.hit()
+                else:
+                    counter.rejected += 1
+                    sys.stderr.write(f"not acked: {outcome!r}\n")
+                return outcome
+
+        cons = Consumer(connection, REQUEST_QUEUE, handler, publisher=publisher, prefetch=prefetch)
+        await cons.start()
+        closers.insert(0, cons.stop)
+    emit("ready")
+    await counter.done.wait()
+    emit(
+        "result",
+        first_ts=counter.first_ts,
+        last_ts=counter.last_ts,
+        count=counter.seen,
+        rejected=counter.rejected,
+        cpu_s=time.process_time() - counter.cpu0,
+    )
+    for close in closers:
+        await close()
+
+
+async def plain_responder(config: dict[str, Any]) -> None:
+    """Answer each request with ``reply_bytes`` of plain body, addressed by ``user_id``."""
+    broker, _ = _settings(config)
+    reply = os.urandom(int(config["reply_bytes"]))
+    connection: AbstractRobustConnection = await connect(broker)
+    publisher = Publisher(connection, broker.identity)
+
+    async def handler(delivery: Delivery) -> Outcome:
+        await publisher.publish(
+            REPLY_EXCHANGE,
+            delivery.user_id or "",
+            OutgoingMessage(
+                body=reply,
+                message_id=secrets.token_hex(16),
+                correlation_id=delivery.correlation_id,
+                msg_type="bench.reply",
+            ),
+        )
+        return Ack()
+
+    cons = Consumer(
+        connection, REQUEST_QUEUE, handler, publisher=publisher, prefetch=int(config["prefetch"])
+    )
+    await cons.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    emit("ready")
+    await stop.wait()
+    await cons.stop(drain_timeout_s=2)
+    await publisher.close()
+    await connection.close()
+
+
+ROLES: dict[str, Callable[[dict[str, Any]], Coroutine[Any, Any, None]]] = {
+    "tp-producer": producer,
+    "tp-consumer": consumer,
+    "plain-responder": plain_responder,
+}
+
+
+def main(argv: list[str]) -> int:
+    role, config = argv[0], json.loads(argv[1])
+    asyncio.run(ROLES[role](config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

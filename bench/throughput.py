@@ -1,0 +1,123 @@
+"""Part 1: one producer process and one consumer process over the bench broker, per variant.
+
+Variants run alternately within each round (rotating the starting variant), so slow drifts in
+background load hit every variant alike; each figure is the median over rounds.
+Throughput = messages / (consumer's last ack - producer's first publish), both taken in the
+child processes so that process start-up is not counted.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from bench.common import AF, BODY_BYTES, NETWORK, REQUEST_QUEUE, VHOST, Child, Deployment
+from bench.redis_util import RedisPrefix
+
+# name -> (mode, replay store of the consumer)
+VARIANTS: dict[str, tuple[str, str]] = {
+    "plain": ("plain", "memory"),
+    "transport": ("transport", "memory"),
+    "secured_sqlite": ("secured", "sqlite"),
+    "secured_redis": ("secured", "redis"),
+    # Checks 1-7 on one worker thread (SecuritySettings.open_in_thread).
+    "secured_sqlite_thread": ("secured", "sqlite+thread"),
+}
+
+
+# "transport" (our shell without security) is left out by default to keep the full run short;
+# ``--tp-variants`` adds it when the shell's own cost is in question.
+DEFAULT_VARIANTS = ("plain", "secured_sqlite", "secured_redis", "secured_sqlite_thread")
+
+
+@dataclass(frozen=True)
+class ThroughputConfig:
+    count: int
+    rounds: int
+    window: int = 256
+    prefetch: int = 256
+    variants: tuple[str, ...] = DEFAULT_VARIANTS
+
+
+def _one_run(dep: Deployment, variant: str, cfg: ThroughputConfig, run: int,
+             redis: RedisPrefix | None) -> dict[str, Any]:
+    mode, store = VARIANTS[variant]
+    store, _, thread = store.partition("+")
+    security: dict[str, Any] = {"replay_store": store, "open_in_thread": bool(thread)}
+    if store == "sqlite":
+        path = dep.work / f"tp-replay-{variant}-{run}.sqlite3"
+        for suffix in ("", "-wal", "-shm"):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
+        security["replay_sqlite_path"] = str(path)
+    if store == "redis":
+        assert redis is not None
+        security.update(replay_redis_url=redis.url, replay_redis_prefix=redis.prefix)
+    label = f"tp-{variant}-{run}"
+    cons = Child.role(
+        label + "-consumer",
+        "tp-consumer",
+        {"mode": mode, "count": cfg.count, "prefetch": cfg.prefetch,
+         "party": dep.party_config(NETWORK, **security)},
+        dep.work,
+    )
+    prod: Child | None = None
+    try:
+        cons.event("ready")
+        prod = Child.role(
+            label + "-producer",
+            "tp-producer",
+            {"mode": mode, "count": cfg.count, "window": cfg.window, "body_bytes": BODY_BYTES,
+             "party": dep.party_config(AF)},
+            dep.work,
+        )
+        prod.event("ready")
+        timeout = max(120.0, cfg.count / 100)
+        p = prod.event("result", timeout)
+        c = cons.event("result", timeout)
+    finally:
+        # Both exit by themselves after reporting; the grace lets a profiler write its output.
+        if prod is not None:
+            prod.stop(grace_s=10)
+        cons.stop(grace_s=10)
+        if redis is not None and store == "redis":
+            redis.clean()
+    elapsed = c["last_ts"] - p["start_ts"]
+    return {
+        "msg_per_s": cfg.count / elapsed,
+        "publish_msg_per_s": cfg.count / (p["end_ts"] - p["start_ts"]),
+        "producer_cpu_us_per_msg": p["cpu_s"] / cfg.count * 1e6,
+        "consumer_cpu_us_per_msg": c["cpu_s"] / cfg.count * 1e6,
+        "rejected": c["rejected"],
+    }
+
+
+def run_throughput(dep: Deployment, cfg: ThroughputConfig, redis: RedisPrefix | None,
+                   log: Any = print) -> dict[str, Any]:
+    variants = [v for v in cfg.variants if v != "secured_redis" or redis is not None]
+    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    mgmt = dep.management()
+    for round_ in range(cfg.rounds):
+        shift = round_ % len(variants)
+        for variant in variants[shift:] + variants[:shift]:
+            mgmt.purge(VHOST, REQUEST_QUEUE)
+            started = time.monotonic()
+            result = _one_run(dep, variant, cfg, round_, redis)
+            runs[variant].append(result)
+            log(f"  throughput {variant:15s} round {round_ + 1}: {result['msg_per_s']:8.0f} msg/s "
+                f"(consumer CPU {result['consumer_cpu_us_per_msg']:.0f} us/msg, "
+                f"{time.monotonic() - started:.1f} s)")
+    out: dict[str, Any] = {"count": cfg.count, "window": cfg.window, "prefetch": cfg.prefetch,
+                           "body_bytes": BODY_BYTES, "rounds": cfg.rounds, "variants": {}}
+    for variant, results in runs.items():
+        out["variants"][variant] = {
+            key: statistics.median(r[key] for r in results)
+            for key in ("msg_per_s", "publish_msg_per_s", "producer_cpu_us_per_msg",
+                        "consumer_cpu_us_per_msg")
+        } | {"runs_msg_per_s": [round(r["msg_per_s"], 1) for r in results],
+             "rejected": sum(r["rejected"] for r in results)}
+    plain = out["variants"]["plain"]["msg_per_s"]
+    for variant, row in out["variants"].items():
+        row["ratio_to_plain"] = row["msg_per_s"] / plain
+    return out
