@@ -24,7 +24,7 @@ from broker_adapter.codec import EnvelopeCodec
 from broker_adapter.envelope import DEFAULT_SKEW_MS, DEFAULT_WINDOW_MS, EnvelopePolicy
 from broker_adapter.errors import BrokerConfigError
 from broker_adapter.identity import load_local_identity
-from broker_adapter.replay import ReplayGuard, ReplayStore
+from broker_adapter.replay import ReplayGuard, ReplayStore, ReplayStoreError
 from broker_adapter.replay_stores.memory import MemoryReplayStore
 from broker_adapter.replay_stores.sqlite import SqliteReplayStore
 from broker_adapter.secure import SecureEndpoint
@@ -96,6 +96,10 @@ class SecureParty:
             self._executor.shutdown(wait=True)
 
 
+# How long a worker keeps trying to open an SQLite replay file that another process is writing.
+_SQLITE_OPEN_WAIT_S = 10.0
+
+
 async def _open_store(settings: SecuritySettings) -> ReplayStore:
     if settings.replay_store == "memory":
         # Only for tests and throwaway demos: it forgets everything on restart.
@@ -110,7 +114,17 @@ async def _open_store(settings: SecuritySettings) -> ReplayStore:
         client = Redis.from_url(settings.replay_redis_url, decode_responses=False)
         return RedisReplayStore(client, prefix=settings.replay_redis_prefix)
     settings.replay_sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-    return SqliteReplayStore(settings.replay_sqlite_path)
+    # Opening the file takes its write lock for a moment (WAL switch, schema) without waiting,
+    # so a worker starting while another process sharing the file writes got "database is
+    # locked" and died (found by the worker_crash scenario). Retry briefly instead.
+    deadline = time.monotonic() + _SQLITE_OPEN_WAIT_S
+    while True:
+        try:
+            return SqliteReplayStore(settings.replay_sqlite_path)
+        except ReplayStoreError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
 
 
 async def _reload_trust_periodically(trust: TrustStore, every_s: float) -> None:

@@ -38,6 +38,10 @@ class ScenarioResult:
     forgeries_accepted: int = 0  # must be 0
     lost: int = 0  # must be 0
     duplicates_processed: int = 0  # must be 0
+    # Requests the killed worker had handled but not yet recorded as done, handled again after
+    # redelivery. The design allows it (handlers are idempotent: same K_AF, same answer); it is
+    # counted apart so it is visible, and closing it needs a transactional outbox.
+    rerun_after_crash: int = 0
     seconds: float = 0.0
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -66,6 +70,7 @@ _COLUMNS = (
     ("forgeries_accepted", "forgeries accepted"),
     ("lost", "lost"),
     ("duplicates_processed", "duplicates processed"),
+    ("rerun_after_crash", "re-run after crash (idempotent)"),
     ("seconds", "seconds"),
 )
 

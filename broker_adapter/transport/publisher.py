@@ -152,6 +152,11 @@ class Publisher:
                 ) from exc
             except aiormq.exceptions.DeliveryError as exc:
                 metrics.PUBLISHED.labels(exchange=exchange, outcome="nacked").inc()
+                # Start the next publish on a fresh channel. On RabbitMQ 3.10, after the node
+                # leading a quorum queue was killed, a channel kept nacking every publish to
+                # that queue (for over a minute) while new channels published fine (found by
+                # the cluster scenario, docs/reliability.md).
+                self._discard_channel()
                 raise PublishNackedError(f"exchange={exchange} key={routing_key}") from exc
             except asyncio.TimeoutError as exc:
                 metrics.PUBLISHED.labels(exchange=exchange, outcome="timeout").inc()
@@ -170,6 +175,15 @@ class Publisher:
                 log.warning("publish retry %d after link error: %r", attempt, exc)
                 self._channel = None
                 await self._wait_for_link()
+
+    def _discard_channel(self) -> None:
+        """Forget the current channel and close it in the background (the broker would keep an
+        abandoned channel open until the connection ends)."""
+        stale, self._channel = self._channel, None
+        if stale is not None and not stale.is_closed:
+            task = asyncio.ensure_future(stale.close())
+            # Closing a channel of a failing link may itself fail; nothing depends on it.
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def _wait_for_link(self) -> None:
         """Wait until the robust connection is back (bounded), then let the caller retry."""
