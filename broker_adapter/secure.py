@@ -413,7 +413,7 @@ class SecureRequester:
                     continue
                 try:
                     return await asyncio.wait_for(asyncio.shield(future), timeout=timeout_s)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     log.warning("request %s timed out (attempt %d)", msg_id.hex(), attempt)
             raise RequestTimeoutError(f"no answer to {msg_type} after {attempts} attempts")
         finally:

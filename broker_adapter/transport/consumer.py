@@ -140,7 +140,7 @@ class Consumer:
         except BrokerAdapterError as exc:
             # Our own coded errors escaping a handler are verdicts on the message.
             outcome = DeadLetter(exc.code, exc.detail)
-        except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the worker
+        except Exception as exc:
             log.exception("handler failed", extra={"queue": self._queue_name})
             outcome = Requeue(f"handler error: {type(exc).__name__}")
         await self._apply(message, delivery, outcome)
@@ -165,7 +165,7 @@ class Consumer:
                     extra={"queue": self._queue_name, "detail": outcome.detail,
                            "delivery_count": delivery.delivery_count},
                 )
-        except Exception:  # noqa: BLE001 - the channel died; the broker redelivers unacked
+        except Exception:
             log.warning("could not settle delivery; the broker will redeliver it", exc_info=True)
 
     async def _dead_letter(
@@ -211,8 +211,8 @@ class Consumer:
     async def _settle_quietly(message: AbstractIncomingMessage, *, requeue: bool) -> None:
         try:
             await message.nack(requeue=requeue)
-        except Exception:  # noqa: BLE001 - the broker redelivers unacked messages anyway
-            pass
+        except Exception:
+            log.debug("nack on a dead channel ignored; the broker redelivers", exc_info=True)
 
     async def stop(self, *, drain_timeout_s: float = 10.0) -> None:
         """Stop taking deliveries, let in-flight ones finish (bounded), then close the channel."""
@@ -222,11 +222,11 @@ class Consumer:
         if self._queue is not None and self._consumer_tag is not None:
             try:
                 await self._queue.cancel(self._consumer_tag)
-            except Exception:  # noqa: BLE001 - a dead channel has no consumer left to cancel
-                pass
+            except Exception:
+                log.debug("consumer cancel failed on a dead channel", exc_info=True)
         try:
             await asyncio.wait_for(self._idle.wait(), timeout=drain_timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("drain timed out; cancelling %d handlers", len(self._in_flight))
             for task in list(self._in_flight):
                 task.cancel()

@@ -158,7 +158,7 @@ class Publisher:
                 # the cluster scenario, docs/reliability.md).
                 self._discard_channel()
                 raise PublishNackedError(f"exchange={exchange} key={routing_key}") from exc
-            except asyncio.TimeoutError as exc:
+            except TimeoutError as exc:
                 metrics.PUBLISHED.labels(exchange=exchange, outcome="timeout").inc()
                 raise PublishTimeoutError(f"no confirm in {self._confirm_timeout_s}s") from exc
             except aiormq.exceptions.ChannelClosed as exc:
@@ -193,8 +193,8 @@ class Publisher:
                 try:
                     await asyncio.wait_for(self._connection.ready(), timeout=1.0)
                     return
-                except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - keep waiting
-                    pass
+                except Exception:
+                    log.debug("link not ready yet", exc_info=True)
             await asyncio.sleep(0.2)
 
     async def close(self) -> None:
