@@ -66,11 +66,11 @@ class SecuritySettings(BaseModel):
     replay_lease_ms: int = Field(default=5_000, gt=0)
     # Trust material (CA, CRL, peer certificates) is re-read this often without a restart.
     trust_reload_s: float = Field(default=60.0, gt=0)
-    # Open envelopes (checks 1-7) on one worker thread instead of the event loop. ECDSA
-    # verification and AES-GCM release the GIL, so the loop keeps reading frames and running
-    # replay claims meanwhile: +36 % secured throughput in the same alternating run even on the
-    # 2-core bench machine (docs/benchmarks.md). Turn it off only on a single-core host.
-    open_in_thread: bool = True
+    # Open envelopes (checks 1-7) on one worker thread instead of the event loop (ECDSA
+    # verification and AES-GCM release the GIL). Off by default: on the 2-core bench machine a
+    # loaded quick run gained +36 % but the quiet full run lost 7 % (docs/benchmarks.md); turn
+    # it on where the worker has a core of its own.
+    open_in_thread: bool = False
 
 
 @dataclass
