@@ -27,6 +27,7 @@ from reliability.faults import (
     worker_crash_redis,
 )
 from reliability.result import Scale, ScenarioResult
+from tests.conftest import _unavailable
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -36,16 +37,6 @@ pytestmark = [pytest.mark.reliability]
 TEST_SCALE = Scale("test", requests=240, hostile=0, fuzz_inputs=0)
 # The network workers' prefetch in the worker-crash scenario (reliability.workload default).
 WORKER_PREFETCH = 32
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def _unavailable(message: str) -> None:
-    if _in_ci():
-        pytest.fail(f"CI=true: {message}", pytrace=False)
-    pytest.skip(message)
 
 
 @pytest.fixture
