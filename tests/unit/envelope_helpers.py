@@ -153,3 +153,23 @@ class TestPki:
         certs = [c for p in parties for c in p.certificates] + list(extra)
         crl = self.crl(revoked, days=crl_days)
         return TrustStore.from_material(self.material(certs, crl=crl))
+
+
+@dataclass
+class World:
+    """The network and two AFs under one test CA, with a trust store for all three."""
+
+    pki: TestPki
+    network: Party
+    af1: Party
+    af2: Party
+    trust: TrustStore
+
+
+def three_party_world(*, af1_alg: str = "p256") -> World:
+    ca = TestPki()
+    network = ca.party("network")
+    af1 = ca.party("af1.example.com", alg=af1_alg)
+    af2 = ca.party("af2.example.com")
+    return World(ca, network, af1, af2, ca.trust([network, af1, af2]))
+

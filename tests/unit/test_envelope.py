@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import msgpack
@@ -38,8 +37,10 @@ from tests.unit.envelope_helpers import (
     POLICY,
     Party,
     TestPki,
+    World,
     counter_rng,
     fixed_clock,
+    three_party_world,
 )
 
 SUITE_NAMES = sorted(SUITES)
@@ -47,22 +48,10 @@ SUITE_NAMES = sorted(SUITES)
 BOTH_MODES = [DEFAULT_SUITE_NAME, PER_MESSAGE_DEFAULT_SUITE_NAME]
 
 
-@dataclass
-class World:
-    pki: TestPki
-    network: Party
-    af1: Party
-    af2: Party
-    trust: TrustStore
-
-
 @pytest.fixture(scope="module")
 def world() -> World:
-    ca = TestPki()
-    network = ca.party("network")
-    af1 = ca.party("af1.example.com", alg="ed25519")
-    af2 = ca.party("af2.example.com")
-    return World(ca, network, af1, af2, ca.trust([network, af1, af2]))
+    # af1 signs with Ed25519 so that both signature algorithms meet in one world.
+    return three_party_world(af1_alg="ed25519")
 
 
 def _seal(

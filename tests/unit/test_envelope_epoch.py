@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -32,31 +31,23 @@ from broker_adapter.epoch import (
 )
 from broker_adapter.identity import LocalIdentity
 from broker_adapter.suites import DEFAULT_SUITE_NAME, SUITES, KeyMode, Suite
-from broker_adapter.trust import TrustStore
-from tests.unit.envelope_helpers import NOW_MS, POLICY, Party, TestPki, fixed_clock
+from tests.unit.envelope_helpers import (
+    NOW_MS,
+    POLICY,
+    Party,
+    TestPki,
+    World,
+    fixed_clock,
+    three_party_world,
+)
 
 EPOCH_SUITES = sorted(n for n, s in SUITES.items() if s.mode is KeyMode.EPOCH)
 PQ_E = "AKMA1-P256-MLKEM768X25519-A256GCM-E"
 
 
-@dataclass
-class World:
-    pki: TestPki
-    network: Party
-    af1: Party
-    af2: Party
-    trust: TrustStore
-
-
 @pytest.fixture(scope="module")
 def world() -> World:
-    ca = TestPki()
-    network, af1, af2 = (
-        ca.party("network"),
-        ca.party("af1.example.com"),
-        ca.party("af2.example.com"),
-    )
-    return World(ca, network, af1, af2, ca.trust([network, af1, af2]))
+    return three_party_world()
 
 
 class Clock:
