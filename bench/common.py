@@ -65,6 +65,12 @@ class Deployment:
     endpoint: BrokerEndpoint
     pki: PkiLayout
     work: Path
+    # The broker node's process group, when the bench started the node itself: its CPU time is
+    # read from /proc so that every figure can say where the machine's CPU went.
+    broker_pgid: int | None = None
+
+    def broker_cpu_s(self) -> float | None:
+        return group_cpu_seconds(self.broker_pgid) if self.broker_pgid is not None else None
 
     def management(self) -> Management:
         return Management(
@@ -113,6 +119,37 @@ class Deployment:
                 value = json.dumps(value)
             env[f"{prefix}SECURITY__{key.upper()}"] = str(value)
         return env
+
+
+def pid_cpu_seconds(pid: int) -> float | None:
+    """User+system CPU seconds of one live process (Linux /proc), None once it is gone."""
+    try:
+        stat = (Path("/proc") / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def group_cpu_seconds(pgid: int) -> float | None:
+    """User+system CPU seconds of every live process in group ``pgid`` (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    found = False
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name is in parentheses and may hold spaces: split after the last ")".
+        fields = stat.rpartition(")")[2].split()
+        # After the name: state(0) ppid(1) pgrp(2) ... utime(11) stime(12).
+        if int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+            found = True
+    return total / tick if found else None
 
 
 def machine_info() -> dict[str, Any]:
@@ -169,6 +206,10 @@ class Child:
             argv = [str(spy), "record", "--format", "raw", "--rate", "250", "--nonblocking",
                     "-o", str(out), "--", *argv]
         return cls(label, argv, work / f"{label}.log")
+
+    def cpu_s(self) -> float:
+        """CPU seconds the child has used so far (0 once it has exited)."""
+        return pid_cpu_seconds(self.proc.pid) or 0.0
 
     def event(self, name: str, timeout_s: float = 120.0) -> dict[str, Any]:
         """Read lines until the event ``name`` arrives; fail if the child exits first."""

@@ -50,7 +50,24 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
     return {"p50_ms": q[49], "p99_ms": q[98], "mean_ms": statistics.fmean(ms), "n": len(ms)}
 
 
-async def _measure(call: Call, concurrency: int, total: int) -> dict[str, float]:
+CpuProbe = Callable[[], dict[str, float]]
+
+
+def _cpu_probe(dep: Deployment, responders: list[Child]) -> CpuProbe:
+    """CPU seconds so far of the caller (this process), the responder process(es), the broker."""
+
+    def probe() -> dict[str, float]:
+        return {
+            "caller": time.process_time(),
+            "responder": sum(child.cpu_s() for child in responders),
+            "broker": dep.broker_cpu_s() or 0.0,
+        }
+
+    return probe
+
+
+async def _measure(call: Call, concurrency: int, total: int,
+                   cpu: CpuProbe) -> dict[str, float]:
     per_lane = max(1, total // concurrency)
     samples: list[float] = []
 
@@ -60,10 +77,17 @@ async def _measure(call: Call, concurrency: int, total: int) -> dict[str, float]
             await call(j * concurrency + i)
             samples.append(time.perf_counter() - started)
 
+    cpu0 = cpu()
     started = time.perf_counter()
     await asyncio.gather(*(lane(i) for i in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    cpu1 = cpu()
     out = _percentiles(samples)
-    out["req_per_s"] = len(samples) / (time.perf_counter() - started)
+    out["req_per_s"] = len(samples) / elapsed
+    # Where each request's CPU went: on 2 shared cores this, not the envelope alone, sets
+    # the latency under load.
+    for part in cpu0:
+        out[f"{part}_cpu_us_per_req"] = (cpu1[part] - cpu0[part]) / len(samples) * 1e6
     return out
 
 
@@ -90,7 +114,8 @@ async def _secured_phase(dep: Deployment, akma: AkmaFixture, cfg: LatencyConfig,
         try:
             for i in range(cfg.warmup):
                 await call(i)
-            return {c: await _measure(call, c, n) for c, n in cfg.requests.items()}
+            probe = _cpu_probe(dep, workers.children)
+            return {c: await _measure(call, c, n, probe) for c, n in cfg.requests.items()}
         finally:
             await requester.stop()
             await party.close()
@@ -120,7 +145,8 @@ async def _plain_phase(dep: Deployment, cfg: LatencyConfig, sizes: dict[str, int
         try:
             for i in range(cfg.warmup):
                 await call(i)
-            return {c: await _measure(call, c, n) for c, n in cfg.requests.items()}
+            probe = _cpu_probe(dep, [responder])
+            return {c: await _measure(call, c, n, probe) for c, n in cfg.requests.items()}
         finally:
             await rpc.stop()
             await publisher.close()
@@ -167,7 +193,8 @@ async def run_latency(dep: Deployment, akma: AkmaFixture, cfg: LatencyConfig,
         for mode, results in runs.items():
             level[mode] = {
                 k: statistics.median(r[c][k] for r in results)
-                for k in ("p50_ms", "p99_ms", "mean_ms", "req_per_s")
+                for k in ("p50_ms", "p99_ms", "mean_ms", "req_per_s", "caller_cpu_us_per_req",
+                          "responder_cpu_us_per_req", "broker_cpu_us_per_req")
             } | {"n": results[0][c]["n"]}
         level["p50_ratio"] = level["secured"]["p50_ms"] / level["plain"]["p50_ms"]
         level["p99_ratio"] = level["secured"]["p99_ms"] / level["plain"]["p99_ms"]

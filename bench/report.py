@@ -69,12 +69,15 @@ def markdown(results: dict[str, Any]) -> str:
     if tp:
         lines += ["", (f"## Throughput ({tp['count']} messages of {tp['body_bytes']} bytes, "
                        f"window {tp['window']}, prefetch {tp['prefetch']})"), "",
-                  "| variant | msg/s | ratio to plain | producer CPU us/msg | consumer CPU us/msg | runs |",
-                  "|---|---:|---:|---:|---:|---|"]
+                  ("| variant | msg/s | ratio to plain | producer CPU us/msg | consumer CPU us/msg "
+                   "| broker CPU us/msg | runs |"),
+                  "|---|---:|---:|---:|---:|---:|---|"]
         for name, row in tp["variants"].items():
+            broker = row.get("broker_cpu_us_per_msg")
             lines.append(
                 f"| {name} | {row['msg_per_s']:.0f} | {row['ratio_to_plain']:.2f} | "
                 f"{row['producer_cpu_us_per_msg']:.0f} | {row['consumer_cpu_us_per_msg']:.0f} | "
+                f"{'-' if broker is None else f'{broker:.0f}'} | "
                 f"{', '.join(f'{x:.0f}' for x in row['runs_msg_per_s'])} |")
     lat = results.get("latency")
     if lat:
@@ -89,6 +92,14 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {c} | {sec['p50_ms']:.2f} | {sec['p99_ms']:.2f} | {pl['p50_ms']:.2f} | "
                 f"{pl['p99_ms']:.2f} | {lv['p50_ratio']:.2f} | {lv['p99_ratio']:.2f} | "
                 f"{sec['req_per_s']:.0f} | {pl['req_per_s']:.0f} |")
+        lines += ["", ("CPU per request (us), secured / plain: the caller process (the AF), the "
+                       "responder process (network worker / plain responder) and the broker."), "",
+                  "| callers | caller | responder | broker |", "|---:|---:|---:|---:|"]
+        for c, lv in lat["levels"].items():
+            sec, pl = lv["secured"], lv["plain"]
+            cells = [f"{sec.get(k, 0):.0f} / {pl.get(k, 0):.0f}" for k in (
+                "caller_cpu_us_per_req", "responder_cpu_us_per_req", "broker_cpu_us_per_req")]
+            lines.append(f"| {c} | " + " | ".join(cells) + " |")
     cpu = results.get("envelope_cpu")
     if cpu:
         lines += ["", "## Envelope CPU (us per message, process CPU time)", "",

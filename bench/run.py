@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             endpoint = broker.start()
             _log(f"   ready in {broker.boot_seconds}s at {endpoint.amqp_url}")
             try:
-                dep = Deployment(endpoint, pki, _workdir(args.work / "run"))
+                dep = Deployment(endpoint, pki, _workdir(args.work / "run"), broker.process_group)
                 asyncio.run(_broker_parts(dep, parts, sizes, rounds, redis, results, tp_variants))
             finally:
                 broker.stop()

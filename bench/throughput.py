@@ -73,9 +73,11 @@ def _one_run(dep: Deployment, variant: str, cfg: ThroughputConfig, run: int,
             dep.work,
         )
         prod.event("ready")
+        broker0 = dep.broker_cpu_s()
         timeout = max(120.0, cfg.count / 100)
         p = prod.event("result", timeout)
         c = cons.event("result", timeout)
+        broker1 = dep.broker_cpu_s()
     finally:
         # Both exit by themselves after reporting; the grace lets a profiler write its output.
         if prod is not None:
@@ -90,6 +92,10 @@ def _one_run(dep: Deployment, variant: str, cfg: ThroughputConfig, run: int,
         "producer_cpu_us_per_msg": p["cpu_s"] / cfg.count * 1e6,
         "consumer_cpu_us_per_msg": c["cpu_s"] / cfg.count * 1e6,
         "rejected": c["rejected"],
+        # Includes the few connection frames of start-up; None when the bench did not start
+        # the broker itself.
+        "broker_cpu_us_per_msg": (broker1 - broker0) / cfg.count * 1e6
+        if broker0 is not None and broker1 is not None else None,
     }
 
 
@@ -111,10 +117,12 @@ def run_throughput(dep: Deployment, cfg: ThroughputConfig, redis: RedisPrefix | 
     out: dict[str, Any] = {"count": cfg.count, "window": cfg.window, "prefetch": cfg.prefetch,
                            "body_bytes": BODY_BYTES, "rounds": cfg.rounds, "variants": {}}
     for variant, results in runs.items():
+        keys = ["msg_per_s", "publish_msg_per_s", "producer_cpu_us_per_msg",
+                "consumer_cpu_us_per_msg"]
+        if all(r["broker_cpu_us_per_msg"] is not None for r in results):
+            keys.append("broker_cpu_us_per_msg")
         out["variants"][variant] = {
-            key: statistics.median(r[key] for r in results)
-            for key in ("msg_per_s", "publish_msg_per_s", "producer_cpu_us_per_msg",
-                        "consumer_cpu_us_per_msg")
+            key: statistics.median(r[key] for r in results) for key in keys
         } | {"runs_msg_per_s": [round(r["msg_per_s"], 1) for r in results],
              "rejected": sum(r["rejected"] for r in results)}
     plain = out["variants"]["plain"]["msg_per_s"]

@@ -267,6 +267,11 @@ class LocalBroker:
         return self.pki.admin_password()
 
     @property
+    def process_group(self) -> int | None:
+        """The node's process group (the Erlang VM and its helpers), while it runs."""
+        return self._state.pgid
+
+    @property
     def boot_seconds(self) -> float | None:
         """Wall time of the last successful start, from launch to proven readiness."""
         return self._state.boot_seconds
@@ -334,7 +339,7 @@ class LocalBroker:
             RABBITMQ_PLUGINS_EXPAND_DIR=str(w / "plugins-expand"),
             RABBITMQ_DIST_PORT=str(self.ports.dist),
             # Keep Erlang distribution on loopback, like every other listener of this node.
-            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}",
+            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1} +sbwt none +sbwtdcpu none +sbwtdio none",
             RABBITMQ_CTL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}",
         )
         return env
