@@ -7,13 +7,21 @@ for redelivery) but may lose the last commits on power loss, after which at most
 are processed again (handlers are idempotent); pass ``synchronous="FULL"`` to close that gap at
 the cost of an fsync per claim.
 
-Calls run on the event loop thread: an uncontended claim takes about 0.1 ms (see
-docs/replay.md), less than the hand-off to a worker thread costs (about 0.28 ms here). Two things could still stall the loop for
-milliseconds, and both are moved off it: when another process holds the write lock, the call
-moves to a worker thread and waits there with a busy timeout; and WAL checkpoints (which fsync)
-are not left to SQLite's automatic checkpoint inside some unlucky commit but run from a second
-connection in a worker thread, which in WAL mode does not block our writes. With
-``synchronous="FULL"`` every commit fsyncs (about 2 ms here), so then every call runs in a thread.
+Group commit: calls made in the same turn of the event loop (a consumer with prefetch N gets
+many deliveries per socket read, and their handlers all reach ``claim`` before the loop turns
+again) are queued and run as ONE transaction at the start of the next turn; each call still gets
+its own result. ``BEGIN``/``COMMIT`` were two thirds of a lone claim's cost, so a batch of many
+claims costs little more than its statements (docs/benchmarks.md). A failed transaction fails
+every call in it with ``ReplayStoreError``; callers retry or requeue, as for a lone call.
+
+Batches run on the event loop thread: an uncontended claim takes about 0.1 ms (see
+docs/replay.md), less than the hand-off to a worker thread costs (about 0.28 ms here). Two
+things could still stall the loop for milliseconds, and both are moved off it: when another
+process holds the write lock, the batch moves to a worker thread and waits there with a busy
+timeout; and WAL checkpoints (which fsync) are not left to SQLite's automatic checkpoint inside
+some unlucky commit but run from a second connection in a worker thread, which in WAL mode does
+not block our writes. With ``synchronous="FULL"`` every commit fsyncs (about 2 ms here), so then
+every batch runs in a thread.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Generic, Literal, TypeVar
 
 from broker_adapter.replay import (
     Decision,
@@ -89,9 +97,12 @@ class SqliteReplayStore:
         self._writes_since_checkpoint = 0
         self._checkpoint_task: asyncio.Future[None] | None = None
         self._path = str(path)
-        # Calls that moved to a thread hold this lock; calls on the loop thread take it too so
-        # that they never use the connection while a thread is using it.
-        self._lock = asyncio.Lock()
+        # Operations waiting for the next group commit, and the task that runs them. Only that
+        # task touches the connection, one batch at a time, so inline and threaded batches
+        # never overlap.
+        self._queue: list[_Op[object]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._closed = False
         try:
             self._conn = sqlite3.connect(
                 str(path), isolation_level=None, check_same_thread=False, timeout=0
@@ -121,25 +132,29 @@ class SqliteReplayStore:
     # ---- ReplayStore protocol -------------------------------------------------------------
 
     async def claim(self, key: bytes, candidate: Entry, now_ms: int) -> Decision:
-        decision = await self._run(lambda: self._claim(key, candidate, now_ms))
         self._claims_since_purge += 1
         if self._claims_since_purge >= self._purge_every:
             self._claims_since_purge = 0
-            await self._run(lambda: self._purge(now_ms, self._purge_batch))
-        return decision
+            # Rides along in the same group commit; nobody waits for it. A failed purge only
+            # leaves expired rows for the next one.
+            purge = self._submit(lambda conn: self._purge(conn, now_ms, self._purge_batch))
+            purge.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return await self._run(lambda conn: self._claim(conn, key, candidate, now_ms))
 
     async def complete(self, key: bytes, token: bytes, response: bytes | None, now_ms: int) -> bool:
-        return await self._run(lambda: self._complete(key, token, response, now_ms))
+        return await self._run(lambda conn: self._complete(conn, key, token, response, now_ms))
 
     async def release(self, key: bytes, token: bytes, now_ms: int) -> bool:
-        return await self._run(lambda: self._release(key, token, now_ms))
+        return await self._run(lambda conn: self._release(conn, key, token, now_ms))
 
     async def close(self) -> None:
-        async with self._lock:
-            if self._checkpoint_task is not None:
-                await asyncio.gather(self._checkpoint_task, return_exceptions=True)
-            self._conn.close()
-            self._checkpointer.close()
+        self._closed = True
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        if self._checkpoint_task is not None:
+            await asyncio.gather(self._checkpoint_task, return_exceptions=True)
+        self._conn.close()
+        self._checkpointer.close()
 
     # ---- operations and introspection ----------------------------------------------------
 
@@ -147,70 +162,65 @@ class SqliteReplayStore:
         """Delete expired rows now (at most ``limit``); returns how many were deleted."""
         # An unbounded purge can take long enough to matter, so it always runs in a thread.
         return await self._run(
-            lambda: self._purge(now_ms, limit if limit is not None else -1), offload=True
+            lambda conn: self._purge(conn, now_ms, limit if limit is not None else -1),
+            offload=True,
         )
 
     async def stats(self) -> SqliteStats:
         return await self._run(self._stats)
 
-    # ---- synchronous bodies (each one transaction) ---------------------------------------
+    # ---- synchronous bodies (run inside a group-commit transaction) -----------------------
 
-    def _claim(self, key: bytes, candidate: Entry, now_ms: int) -> Decision:
-        def body(conn: sqlite3.Connection) -> Decision:
-            existing = self._select(conn, key)
-            decision = decide(existing, candidate.digest, now_ms)
-            if decision.kind.claims:
-                conn.execute(
-                    "INSERT OR REPLACE INTO replay (k, d, s, t, l, x, r) "
-                    "VALUES (?, ?, ?, ?, ?, ?, NULL)",
-                    (
-                        key,
-                        candidate.digest,
-                        int(candidate.state),
-                        candidate.token,
-                        candidate.lease_until_ms,
-                        candidate.expires_at_ms,
-                    ),
-                )
-            return decision
-
-        return self._transaction(body)
-
-    def _complete(self, key: bytes, token: bytes, response: bytes | None, now_ms: int) -> bool:
-        def body(conn: sqlite3.Connection) -> bool:
-            done = completed_entry(self._select(conn, key), token, response, now_ms)
-            if done is None:
-                return False
-            # A finished entry needs neither token nor lease: NULL and 0 take no row bytes.
+    def _claim(
+        self, conn: sqlite3.Connection, key: bytes, candidate: Entry, now_ms: int
+    ) -> Decision:
+        existing = self._select(conn, key)
+        decision = decide(existing, candidate.digest, now_ms)
+        if decision.kind.claims:
             conn.execute(
-                "UPDATE replay SET s = ?, t = NULL, l = 0, r = ? WHERE k = ?",
-                (int(EntryState.DONE), done.response, key),
+                "INSERT OR REPLACE INTO replay (k, d, s, t, l, x, r) "
+                "VALUES (?, ?, ?, ?, ?, ?, NULL)",
+                (
+                    key,
+                    candidate.digest,
+                    int(candidate.state),
+                    candidate.token,
+                    candidate.lease_until_ms,
+                    candidate.expires_at_ms,
+                ),
             )
-            return True
+        return decision
 
-        return self._transaction(body)
+    def _complete(
+        self, conn: sqlite3.Connection, key: bytes, token: bytes, response: bytes | None,
+        now_ms: int,
+    ) -> bool:
+        done = completed_entry(self._select(conn, key), token, response, now_ms)
+        if done is None:
+            return False
+        # A finished entry needs neither token nor lease: NULL and 0 take no row bytes.
+        conn.execute(
+            "UPDATE replay SET s = ?, t = NULL, l = 0, r = ? WHERE k = ?",
+            (int(EntryState.DONE), done.response, key),
+        )
+        return True
 
-    def _release(self, key: bytes, token: bytes, now_ms: int) -> bool:
-        def body(conn: sqlite3.Connection) -> bool:
-            if not may_release(self._select(conn, key), token, now_ms):
-                return False
-            conn.execute("DELETE FROM replay WHERE k = ?", (key,))
-            return True
+    def _release(self, conn: sqlite3.Connection, key: bytes, token: bytes, now_ms: int) -> bool:
+        if not may_release(self._select(conn, key), token, now_ms):
+            return False
+        conn.execute("DELETE FROM replay WHERE k = ?", (key,))
+        return True
 
-        return self._transaction(body)
+    @staticmethod
+    def _purge(conn: sqlite3.Connection, now_ms: int, limit: int) -> int:
+        cursor = conn.execute(
+            "DELETE FROM replay WHERE k IN (SELECT k FROM replay WHERE x <= ? LIMIT ?)",
+            (now_ms, limit),
+        )
+        return cursor.rowcount
 
-    def _purge(self, now_ms: int, limit: int) -> int:
-        def body(conn: sqlite3.Connection) -> int:
-            cursor = conn.execute(
-                "DELETE FROM replay WHERE k IN (SELECT k FROM replay WHERE x <= ? LIMIT ?)",
-                (now_ms, limit),
-            )
-            return cursor.rowcount
-
-        return self._transaction(body)
-
-    def _stats(self) -> SqliteStats:
-        conn = self._conn
+    @staticmethod
+    def _stats(conn: sqlite3.Connection) -> SqliteStats:
         rows = conn.execute("SELECT count(*) FROM replay").fetchone()[0]
         page_size = conn.execute("PRAGMA page_size").fetchone()[0]
         pages = conn.execute("PRAGMA page_count").fetchone()[0]
@@ -232,41 +242,86 @@ class SqliteReplayStore:
             response=response,
         )
 
-    def _transaction(self, body: Callable[[sqlite3.Connection], _T]) -> _T:
+    # ---- where the call runs: group commit ----------------------------------------------------
+
+    async def _run(self, op: Callable[[sqlite3.Connection], _T], *, offload: bool = False) -> _T:
+        """Queue ``op`` for the next group commit and wait for its own result."""
+        return await self._submit(op, offload=offload)
+
+    def _submit(
+        self, op: Callable[[sqlite3.Connection], _T], *, offload: bool = False
+    ) -> asyncio.Future[_T]:
+        if self._closed:
+            raise ReplayStoreError("replay store is closed")
+        future: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Op(op, future, offload))  # type: ignore[arg-type]
+        if self._flusher is None or self._flusher.done():
+            # A task starts on the loop's next turn, after every handler already scheduled in
+            # this turn has had its chance to queue an operation.
+            self._flusher = asyncio.ensure_future(self._flush())
+        return future
+
+    async def _flush(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            batch = [op for op in batch if not op.future.cancelled()]
+            if not batch:
+                continue
+            offload = self._offload or any(op.offload for op in batch)
+            try:
+                results = await self._run_batch(batch, offload)
+            except sqlite3.Error as exc:
+                error = ReplayStoreError(f"replay store: {exc}")
+                for op in batch:
+                    if not op.future.done():
+                        op.future.set_exception(error)
+                continue
+            for op, (ok, value) in zip(batch, results, strict=True):
+                if op.future.done():
+                    continue
+                if ok:
+                    op.future.set_result(value)
+                else:
+                    assert isinstance(value, BaseException)
+                    op.future.set_exception(value)
+            self._maybe_checkpoint(len(batch))
+
+    async def _run_batch(
+        self, batch: list[_Op[object]], offload: bool
+    ) -> list[tuple[bool, object]]:
+        if not offload:
+            try:
+                return self._transaction_batch(batch)
+            except sqlite3.Error as exc:
+                if not _is_busy(exc):
+                    raise
+        # Another process holds the write lock (or every commit fsyncs): wait off the loop.
+        return await asyncio.to_thread(self._run_waiting, batch)
+
+    def _transaction_batch(self, batch: list[_Op[object]]) -> list[tuple[bool, object]]:
+        """All of ``batch`` in one transaction. An operation that raises something other than
+        an SQLite error fails alone (its statements are reads, or a single write that did not
+        happen); an SQLite error rolls back the whole batch."""
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
+        results: list[tuple[bool, object]] = []
         try:
-            result = body(conn)
+            for op in batch:
+                try:
+                    results.append((True, op.body(conn)))
+                except sqlite3.Error:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - handed to that caller
+                    results.append((False, exc))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        return result
+        return results
 
-    # ---- where the call runs ---------------------------------------------------------------
-
-    async def _run(self, op: Callable[[], _T], *, offload: bool = False) -> _T:
-        async with self._lock:
-            result = await self._run_locked(op, offload or self._offload)
-        self._maybe_checkpoint()
-        return result
-
-    async def _run_locked(self, op: Callable[[], _T], offload: bool) -> _T:
-        if not offload:
-            try:
-                return op()
-            except sqlite3.Error as exc:
-                if not _is_busy(exc):
-                    raise ReplayStoreError(f"replay store: {exc}") from exc
-        # Another process holds the write lock: wait for it off the event loop.
-        try:
-            return await asyncio.to_thread(self._run_waiting, op)
-        except sqlite3.Error as exc:
-            raise ReplayStoreError(f"replay store: {exc}") from exc
-
-    def _maybe_checkpoint(self) -> None:
-        self._writes_since_checkpoint += 1
+    def _maybe_checkpoint(self, writes: int) -> None:
+        self._writes_since_checkpoint += writes
         if self._writes_since_checkpoint < self._checkpoint_every:
             return
         if self._checkpoint_task is not None and not self._checkpoint_task.done():
@@ -282,15 +337,23 @@ class SqliteReplayStore:
         except sqlite3.Error:
             pass
 
-    def _run_waiting(self, op: Callable[[], _T]) -> _T:
+    def _run_waiting(self, batch: list[_Op[object]]) -> list[tuple[bool, object]]:
         self._set_busy_timeout(self._busy_timeout_ms)
         try:
-            return op()
+            return self._transaction_batch(batch)
         finally:
             self._set_busy_timeout(0)
 
     def _set_busy_timeout(self, ms: int) -> None:
         self._conn.execute(f"PRAGMA busy_timeout={int(ms)}")
+
+
+@dataclass(slots=True)
+class _Op(Generic[_T]):
+    body: Callable[[sqlite3.Connection], _T]
+    future: asyncio.Future[_T]
+    # Run this operation's batch in a worker thread (long purges).
+    offload: bool
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:
