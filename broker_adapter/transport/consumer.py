@@ -1,6 +1,6 @@
 """Consuming with prefetch and manual acks tied to the handler's outcome.
 
-- ``Ack``: ack.
+- ``Ack``: ack, coalesced with the other acks of the same loop turn (``acks.py``).
 - ``DeadLetter(code)``: republish the original body to the dead-letter exchange with the reason
   in headers (confirmed), then ack. If that republish fails, ``reject(requeue=False)`` lets the
   broker dead-letter it by policy (reason ``rejected`` in ``x-death``): never a silent drop.
@@ -26,6 +26,7 @@ from aio_pika.abc import (
 
 from broker_adapter.errors import BrokerAdapterError, TransportError
 from broker_adapter.transport import metrics
+from broker_adapter.transport.acks import AckBatcher
 from broker_adapter.transport.delivery import Ack, DeadLetter, Delivery, Outcome, Requeue
 from broker_adapter.transport.publisher import OutgoingMessage, Publisher
 
@@ -91,6 +92,7 @@ class Consumer:
         self._stopping = False
         self._idle = asyncio.Event()
         self._idle.set()
+        self._acks = AckBatcher()
         # The queue label never changes, so the labelled metric children are looked up once:
         # ``labels()`` hashes and locks on every call, a measurable share of a fast handler.
         self._m_in_flight = metrics.IN_FLIGHT.labels(queue=queue_name)
@@ -113,6 +115,7 @@ class Consumer:
         log.info("consuming", extra={"queue": self._queue_name})
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        self._acks.delivered(message)
         task = asyncio.current_task()
         if task is not None:
             self._in_flight.add(task)
@@ -135,6 +138,7 @@ class Consumer:
             outcome = await self._handler(delivery)
         except asyncio.CancelledError:
             # Shutdown while handling: give the message back untouched for another worker.
+            self._acks.settle_elsewhere(message)
             await self._settle_quietly(message, requeue=True)
             raise
         except BrokerAdapterError as exc:
@@ -150,7 +154,7 @@ class Consumer:
     ) -> None:
         try:
             if isinstance(outcome, Ack):
-                await message.ack()
+                self._acks.ack(message)
                 self._m_acked.inc()
             elif isinstance(outcome, DeadLetter):
                 await self._dead_letter(message, delivery, outcome)
@@ -158,6 +162,7 @@ class Consumer:
                 # Back off a little so a transient fault does not become a hot loop; the
                 # delivery count grows the wait, the delivery limit ends it.
                 await asyncio.sleep(min(self._requeue_backoff_s * (2**delivery.delivery_count), 2.0))
+                self._acks.settle_elsewhere(message)
                 await message.nack(requeue=True)
                 metrics.CONSUMED.labels(queue=self._queue_name, outcome="requeue").inc()
                 log.warning(
@@ -203,9 +208,10 @@ class Consumer:
         except TransportError:
             log.warning("dead-letter republish failed; falling back to broker dead-lettering",
                         exc_info=True)
+            self._acks.settle_elsewhere(message)
             await message.reject(requeue=False)
             return
-        await message.ack()
+        self._acks.ack(message)
 
     @staticmethod
     async def _settle_quietly(message: AbstractIncomingMessage, *, requeue: bool) -> None:
@@ -230,5 +236,6 @@ class Consumer:
             log.warning("drain timed out; cancelling %d handlers", len(self._in_flight))
             for task in list(self._in_flight):
                 task.cancel()
+        await self._acks.drain()
         if self._channel is not None and not self._channel.is_closed:
             await self._channel.close()
