@@ -47,6 +47,13 @@ ACCEPTED = Counter(
     ["queue", "msg_type"],
 )
 
+UNMATCHED_ANSWERS = Counter(
+    "akma_secure_unmatched_answers_total",
+    "Verified answers that matched no waiting request (late, repeated or replayed): acked, "
+    "dropped.",
+    ["queue"],
+)
+
 # How long one delivery may wait for another worker's lease before it is requeued instead.
 _MAX_LEASE_WAIT_S = 5.0
 # How long one delivery retries an unavailable replay store before it is requeued instead.
@@ -162,6 +169,14 @@ class SecureEndpoint:
             raise _MissingUserId()
         return self.codec.decode(delivery.body, broker_user_id=delivery.user_id)
 
+    async def open_async(self, delivery: Delivery) -> OpenedMessage:
+        """``open`` on the configured executor, or inline on the event loop."""
+        if self._open_executor is None:
+            return self.open(delivery)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._open_executor, self.open, delivery
+        )
+
     async def claim(self, opened: OpenedMessage) -> Claim:
         """Check 8 with bounded waiting for a busy store or another worker's lease."""
         loop = asyncio.get_running_loop()
@@ -192,17 +207,24 @@ class SecureEndpoint:
     ) -> Outcome:
         """Open, claim, then run ``process``; map every verdict to a transport outcome."""
         try:
-            if self._open_executor is None:
-                opened = self.open(delivery)
-            else:
-                opened = await asyncio.get_running_loop().run_in_executor(
-                    self._open_executor, self.open, delivery
-                )
+            opened = await self.open_async(delivery)
+        except EnvelopeError as exc:
+            # Includes stale and future timestamps and a missing user id: permanent verdicts.
+            return DeadLetter(exc.code, exc.detail)
+        return await self.guarded_opened(delivery, opened, process, on_duplicate)
+
+    async def guarded_opened(
+        self,
+        delivery: Delivery,
+        opened: OpenedMessage,
+        process: Callable[[OpenedMessage, Claim], Awaitable[Outcome]],
+        on_duplicate: Callable[[OpenedMessage, Claim], Awaitable[None]] | None = None,
+    ) -> Outcome:
+        """``guarded`` for a delivery that already passed checks 1-7 (``opened``)."""
+        try:
             claim = await self.claim(opened)
         except EnvelopeError as exc:
-            # Includes replay conflicts, stale and future timestamps: permanent verdicts.
-            return DeadLetter(exc.code, exc.detail)
-        except _MissingUserId as exc:
+            # A replay conflict: permanent.
             return DeadLetter(exc.code, exc.detail)
         except ReplayStoreError as exc:
             return Requeue(f"replay store unavailable: {exc.detail}")
@@ -363,20 +385,34 @@ class SecureRequester:
                 pending.future.cancel()
 
     async def _on_inbox(self, delivery: Delivery) -> Outcome:
-        return await self._endpoint.guarded(delivery, self._dispatch)
+        # Answers are deduplicated by the table of pending requests, not by the replay store:
+        # an answer is accepted only while its request (a random 128-bit id, named in the
+        # signed correlation id) is waiting, and only once. A replayed or redelivered answer
+        # finds its request answered or gone and is dropped, so the store's two writes per
+        # answer would protect nothing more; they were a tenth of the caller's CPU per request
+        # (docs/benchmarks.md). Everything else (notifications) goes through the store.
+        try:
+            opened = await self._endpoint.open_async(delivery)
+        except EnvelopeError as exc:
+            return DeadLetter(exc.code, exc.detail)
+        if opened.correlation_id is None:
+            return await self._endpoint.guarded_opened(delivery, opened, self._notify)
+        pending = self._pending.get(opened.correlation_id)
+        if pending is None or pending.future.done():
+            UNMATCHED_ANSWERS.labels(queue=delivery.queue).inc()
+            log.info("late or repeated answer dropped",
+                     extra={"correlation_id": opened.correlation_id.hex(),
+                            "sender": opened.sender, "msg_id": opened.msg_id.hex()})
+            return Ack()
+        if opened.sender != pending.peer:
+            # A trusted party answered a request it was never sent: refuse it.
+            return DeadLetter("unexpected_responder", f"answer from {opened.sender}")
+        ACCEPTED.labels(queue=delivery.queue, msg_type=opened.msg_type).inc()
+        pending.future.set_result(opened)
+        return Ack()
 
-    async def _dispatch(self, opened: OpenedMessage, claim: Claim) -> Outcome:
-        pending = self._pending.get(opened.correlation_id) if opened.correlation_id else None
-        if pending is not None:
-            if opened.sender != pending.peer:
-                # A trusted party answered a request it was never sent: refuse it.
-                await self._endpoint.guard.complete(claim)
-                return DeadLetter("unexpected_responder", f"answer from {opened.sender}")
-            if not pending.future.done():
-                pending.future.set_result(opened)
-        elif opened.correlation_id is not None:
-            log.info("late answer dropped", extra={"correlation_id": opened.correlation_id.hex()})
-        elif self._on_notification is not None:
+    async def _notify(self, opened: OpenedMessage, claim: Claim) -> Outcome:
+        if self._on_notification is not None:
             await self._on_notification(opened)
         await self._endpoint.guard.complete(claim)
         return Ack()
