@@ -8,6 +8,9 @@ Roles:
 
 Modes of the throughput roles:
 - ``plain``: aio-pika only (the baseline: what messaging costs without us);
+- ``plain_signed``: ``plain`` plus one ECDSA P-256 signature per message on the producer and its
+  verification on the consumer, nothing else: the floor that a signature on every message
+  alone puts under any secured path on this machine;
 - ``transport``: our ``Publisher``/``Consumer`` with plain bodies (our shell, no security);
 - ``secured``: ``SecureEndpoint.seal`` + ``Publisher`` on one side, ``Consumer`` +
   ``SecureEndpoint.guarded`` (open, checks 1-7, replay claim and completion) on the other.
@@ -27,6 +30,8 @@ from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from bench.common import (
     NETWORK,
@@ -50,6 +55,11 @@ from broker_adapter.transport import (
 )
 
 BENCH_MSG_TYPE = "akma.bench"
+
+# A fixed P-256 key for the ``plain_signed`` floor variant only (both child processes derive it;
+# it signs nothing but bench bodies). ECDSA with random nonces, as a plain signer would use.
+_FLOOR_KEY = ec.derive_private_key(0x5EC0_4E5F_100D, ec.SECP256R1())
+_ECDSA = ec.ECDSA(hashes.SHA256())
 
 
 def _settings(config: dict[str, Any]) -> tuple[BrokerSettings, SecuritySettings]:
@@ -80,16 +90,18 @@ async def producer(config: dict[str, Any]) -> None:
     body = os.urandom(int(config["body_bytes"]))
     send: Callable[[int], Awaitable[None]]
     closers: list[Callable[[], Awaitable[None]]] = []
-    if mode == "plain":
+    if mode in ("plain", "plain_signed"):
         connection = await connect(broker)
         closers.append(connection.close)
         channel = await connection.channel(publisher_confirms=True)
         exchange = await channel.get_exchange(REQUEST_EXCHANGE, ensure=False)
+        signed = mode == "plain_signed"
 
         async def send(i: int) -> None:
+            payload = body + _FLOOR_KEY.sign(body, _ECDSA) if signed else body
             await exchange.publish(
                 aio_pika.Message(
-                    body=body,
+                    body=payload,
                     message_id=secrets.token_hex(16),
                     user_id=broker.identity,
                     delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
@@ -159,14 +171,21 @@ async def consumer(config: dict[str, Any]) -> None:
     # The producer's warm-up message comes first, so one more than ``count`` arrives.
     counter = _Counter(int(config["count"]) + 1)
     closers: list[Callable[[], Awaitable[None]]] = []
-    if mode == "plain":
+    if mode in ("plain", "plain_signed"):
         connection = await connect(broker)
         closers.append(connection.close)
         channel = await connection.channel(publisher_confirms=False)
         await channel.set_qos(prefetch_count=prefetch)
         queue = await channel.declare_queue(REQUEST_QUEUE, passive=True)
+        verify = mode == "plain_signed"
+        public = _FLOOR_KEY.public_key()
+        body_len = int(config["body_bytes"])
 
         async def on_message(message: AbstractIncomingMessage) -> None:
+            if verify:
+                data = message.body
+                # Body, then the DER signature over it.
+                public.verify(data[body_len:], data[:body_len], _ECDSA)
             await message.ack()
             counter.hit()
 

@@ -19,6 +19,8 @@ from bench.redis_util import RedisPrefix
 # name -> (mode, replay store of the consumer)
 VARIANTS: dict[str, tuple[str, str]] = {
     "plain": ("plain", "memory"),
+    # plain + one ECDSA P-256 signature per message, verified: the per-message-signature floor.
+    "plain_signed": ("plain_signed", "memory"),
     "transport": ("transport", "memory"),
     "secured_sqlite": ("secured", "sqlite"),
     "secured_redis": ("secured", "redis"),
@@ -58,7 +60,7 @@ def _one_run(dep: Deployment, variant: str, cfg: ThroughputConfig, run: int,
     cons = Child.role(
         label + "-consumer",
         "tp-consumer",
-        {"mode": mode, "count": cfg.count, "prefetch": cfg.prefetch,
+        {"mode": mode, "count": cfg.count, "prefetch": cfg.prefetch, "body_bytes": BODY_BYTES,
          "party": dep.party_config(NETWORK, **security)},
         dep.work,
     )

@@ -21,20 +21,20 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line, so operators can ship logs without parsing prose."""
 
     def format(self, record: logging.LogRecord) -> str:
+        audit = getattr(record, "audit", None)
         entry: dict[str, Any] = {
             "ts": round(record.created, 3),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            # Audit records (logger ``akma.audit``) carry their fields as a dict of scalars:
+            # nest it rather than repeat it as a quoted JSON string in ``msg`` (whose text is
+            # then never built at all).
+            "msg": "audit" if isinstance(audit, dict) else record.getMessage(),
         }
         for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
+            if key not in _STANDARD and not key.startswith("_") and key != "audit":
                 entry[key] = value if isinstance(value, _SCALARS) else repr(value)
-        audit = getattr(record, "audit", None)
         if isinstance(audit, dict):
-            # Audit records (logger ``akma.audit``) carry their fields as a dict of scalars:
-            # nest it rather than repeat it as a quoted JSON string in ``msg``.
-            entry["msg"] = "audit"
             entry["audit"] = {k: v for k, v in audit.items() if isinstance(v, _SCALARS)}
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)

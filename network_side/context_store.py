@@ -310,6 +310,19 @@ class SqliteContextStore:
         return self._write(tx)
 
     def record_fetch(self, a_kid: str, af_identity: str, at_ms: int) -> None:
+        # Most fetches repeat an (A-KID, AF) pair already on record, and the first fetch time is
+        # kept anyway: a plain read answers that without taking the write lock and committing.
+        with self._lock:
+            try:
+                known = self._db.execute(
+                    "SELECT 1 FROM akma_fetch WHERE a_kid = ? AND af_identity = ?",
+                    (a_kid, af_identity),
+                ).fetchone()
+            except sqlite3.Error as exc:
+                raise StoreError(f"context store read failed: {exc}") from None
+        if known is not None:
+            return
+
         def tx(db: sqlite3.Connection) -> None:
             # Only for a context that still exists, so a fetch racing a removal leaves no orphan.
             # The first fetch time is kept: repeated fetches then change nothing on disk.
