@@ -14,13 +14,23 @@ longer pass the timestamp check), laid out to stay small:
 
 The Lua code mirrors ``broker_adapter.replay.decide``, ``completed_entry`` and
 ``may_release``; the integration tests hold the two to the same behaviour.
+
+Pipelining: operations made in the same turn of the event loop (a consumer's prefetched
+deliveries reach ``claim`` together) go to Redis as one pipeline of EVALSHA calls, one round
+trip for all of them; each script still runs atomically and each caller gets its own reply. A
+script the server does not know (after a restart or ``SCRIPT FLUSH``) is loaded and only the
+calls that hit NOSCRIPT are sent again.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from broker_adapter.replay import (
     DIGEST_BYTES,
@@ -104,6 +114,8 @@ class RedisReplayStore:
         self._claim_script = client.register_script(_CLAIM_LUA)
         self._complete_script = client.register_script(_COMPLETE_LUA)
         self._release_script = client.register_script(_RELEASE_LUA)
+        self._queue: list[_Call] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     def redis_key(self, key: bytes) -> bytes:
         """The Redis key of a replay key (for operators and tests)."""
@@ -118,12 +130,7 @@ class RedisReplayStore:
         if ttl_ms <= 0:
             raise ValueError("the candidate entry is already expired")
         value = candidate.digest + b"P" + candidate.token + str(candidate.lease_until_ms).encode()
-        try:
-            reply = await self._claim_script(
-                keys=[self.redis_key(key)], args=[value, now_ms, ttl_ms]
-            )
-        except (RedisError, OSError) as exc:
-            raise ReplayStoreError(f"replay store: {exc}") from exc
+        reply = await self._call(self._claim_script, key, [value, now_ms, ttl_ms])
         return _decision(reply)
 
     async def complete(self, key: bytes, token: bytes, response: bytes | None, now_ms: int) -> bool:
@@ -137,14 +144,75 @@ class RedisReplayStore:
         return await self._call_flag(self._release_script, key, [token])
 
     async def close(self) -> None:
-        """Nothing to do: the caller created the client and closes it."""
+        """Finish queued calls; the client itself stays the caller's to close."""
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
 
     async def _call_flag(self, script: AsyncScript, key: bytes, args: list[bytes]) -> bool:
-        try:
-            reply = await script(keys=[self.redis_key(key)], args=args)
-        except (RedisError, OSError) as exc:
-            raise ReplayStoreError(f"replay store: {exc}") from exc
-        return bool(reply == 1)
+        return bool(await self._call(script, key, args) == 1)
+
+    # ---- pipelining: one round trip per loop turn ---------------------------------------
+
+    async def _call(self, script: AsyncScript, key: bytes, args: Sequence[object]) -> object:
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Call(script, self.redis_key(key), list(args), future))
+        if self._flusher is None or self._flusher.done():
+            # Starts on the next turn, after the handlers scheduled in this one have queued.
+            self._flusher = asyncio.ensure_future(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            batch = [call for call in batch if not call.future.cancelled()]
+            try:
+                missing = await self._send(batch)
+                if missing:
+                    # The server lost our scripts: load each one, then resend only those calls.
+                    for script in {id(c.script): c.script for c in missing}.values():
+                        await self._client.script_load(script.script)
+                    still = await self._send(missing)
+                    for call in still:
+                        _settle(call, ReplayStoreError("replay store: script not loaded"))
+            except (RedisError, OSError) as exc:
+                error = ReplayStoreError(f"replay store: {exc}")
+                for call in batch:
+                    _settle(call, error)
+
+    async def _send(self, batch: list[_Call]) -> list[_Call]:
+        """One pipeline; settles every call except those that hit NOSCRIPT (returned)."""
+        if not batch:
+            return []
+        pipe = self._client.pipeline(transaction=False)
+        for call in batch:
+            pipe.evalsha(call.script.sha, 1, call.key, *call.args)  # type: ignore[arg-type]
+        replies = await pipe.execute(raise_on_error=False)
+        missing = []
+        for call, reply in zip(batch, replies, strict=True):
+            if isinstance(reply, NoScriptError):
+                missing.append(call)
+            elif isinstance(reply, Exception):
+                _settle(call, ReplayStoreError(f"replay store: {reply}"))
+            else:
+                _settle(call, reply)
+        return missing
+
+
+@dataclass(slots=True)
+class _Call:
+    script: AsyncScript
+    key: bytes
+    args: list[object]
+    future: asyncio.Future[object]
+
+
+def _settle(call: _Call, result: object) -> None:
+    if call.future.done():
+        return
+    if isinstance(result, BaseException):
+        call.future.set_exception(result)
+    else:
+        call.future.set_result(result)
 
 
 def _decision(reply: object) -> Decision:

@@ -86,6 +86,22 @@ async def test_two_guards_on_two_clients_share_state(redis_client: Redis, prefix
         await other_client.aclose()
 
 
+async def test_scripts_lost_by_the_server_are_loaded_again(
+    redis_client: Redis, prefix: str
+) -> None:
+    guard = make_guard(RedisReplayStore(redis_client, prefix), system_clock_ms)
+    first = await guard.claim("af1", os.urandom(16), os.urandom(32), system_clock_ms())
+    assert first.outcome is ClaimOutcome.PROCESS
+    # As after a Redis restart: every cached script is gone, the next EVALSHA gets NOSCRIPT.
+    await redis_client.script_flush()
+    again = await asyncio.gather(
+        *(guard.claim("af1", os.urandom(16), os.urandom(32), system_clock_ms()) for _ in range(5)),
+        guard.complete(first),
+    )
+    assert [c.outcome for c in again[:5]] == [ClaimOutcome.PROCESS] * 5
+    assert again[5] is True
+
+
 async def test_only_one_of_many_concurrent_claimers_processes(
     redis_client: Redis, prefix: str
 ) -> None:

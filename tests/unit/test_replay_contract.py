@@ -83,6 +83,39 @@ class StoreContract:
             assert again.outcome is ClaimOutcome.DUPLICATE_DONE
             assert again.cached_response == response
 
+    async def test_calls_made_together_each_get_their_own_answer(
+        self, guard: ReplayGuard, clock: FakeClock
+    ) -> None:
+        # The SQLite and Redis stores run the calls of one loop turn as one transaction or one
+        # pipeline; inside it, order and per-call answers must be exactly as if sequential.
+        done_id, done_dig = new_id(), digest()
+        finished = await guard.claim("af1", done_id, done_dig, clock.now)
+        assert await guard.complete(finished, b"cached")
+        twice_id, twice_dig = new_id(), digest()
+        fresh = [(new_id(), digest()) for _ in range(20)]
+        calls = [guard.claim("af1", i, d, clock.now) for i, d in fresh]
+        calls += [
+            guard.claim("af1", twice_id, twice_dig, clock.now),
+            guard.claim("af1", twice_id, twice_dig, clock.now),
+            guard.claim("af1", done_id, done_dig, clock.now),
+            guard.claim("af1", done_id, digest(), clock.now),
+        ]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert all(
+            not isinstance(r, BaseException) and r.outcome is ClaimOutcome.PROCESS
+            for r in results[:20]
+        )
+        first, second, dup, conflict = results[20:]
+        assert not isinstance(first, BaseException) and first.outcome is ClaimOutcome.PROCESS
+        assert not isinstance(second, BaseException)
+        assert second.outcome is ClaimOutcome.DUPLICATE_IN_PROGRESS
+        assert not isinstance(dup, BaseException) and dup.cached_response == b"cached"
+        assert isinstance(conflict, ReplayConflictError)
+        completions = await asyncio.gather(
+            *(guard.complete(r, None) for r in results[:20] if not isinstance(r, BaseException))
+        )
+        assert completions == [True] * 20
+
     async def test_same_id_other_bytes_is_a_conflict(
         self, guard: ReplayGuard, clock: FakeClock
     ) -> None:
