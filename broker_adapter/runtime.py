@@ -116,9 +116,10 @@ async def _open_store(settings: SecuritySettings) -> ReplayStore:
         client = Redis.from_url(settings.replay_redis_url, decode_responses=False)
         return RedisReplayStore(client, prefix=settings.replay_redis_prefix)
     settings.replay_sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-    # Opening the file takes its write lock for a moment (WAL switch, schema) without waiting,
-    # so a worker starting while another process sharing the file writes got "database is
-    # locked" and died (found by the worker_crash scenario). Retry briefly instead.
+    # Opening the file takes its write lock for a moment (WAL switch, schema). The store waits
+    # for a busy file up to its busy timeout itself; a lock held longer than that (a stuck
+    # process sharing the file) is retried here a little longer before the worker gives up
+    # (the worker_crash scenario found workers dying of "database is locked" at start).
     deadline = time.monotonic() + _SQLITE_OPEN_WAIT_S
     while True:
         try:

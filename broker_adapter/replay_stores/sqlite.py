@@ -104,12 +104,16 @@ class SqliteReplayStore:
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
         try:
+            # The busy timeout is in force from the first statement: switching a new file to
+            # WAL and creating the schema take the write lock, and several processes (or
+            # threads) may be opening the same file at the same moment. Once open, calls on
+            # the event loop never wait (timeout 0, below); a busy batch moves to a thread.
             self._conn = sqlite3.connect(
-                str(path), isolation_level=None, check_same_thread=False, timeout=0
+                str(path), isolation_level=None, check_same_thread=False,
+                timeout=busy_timeout_ms / 1000,
             )
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute(f"PRAGMA synchronous={synchronous}")
-            self._set_busy_timeout(busy_timeout_ms)
             # Automatic checkpoints would run inside whichever commit crosses the threshold, on
             # the event loop thread; ``_maybe_checkpoint`` runs them in a thread instead.
             self._conn.execute("PRAGMA wal_autocheckpoint=0")
