@@ -31,7 +31,9 @@ VARIANTS: dict[str, tuple[str, str]] = {
 
 # "transport" (our shell without security) is left out by default to keep the full run short;
 # ``--tp-variants`` adds it when the shell's own cost is in question.
-DEFAULT_VARIANTS = ("plain", "secured_sqlite", "secured_redis", "secured_sqlite_thread")
+DEFAULT_VARIANTS = (
+    "plain", "plain_signed", "secured_sqlite", "secured_redis", "secured_sqlite_thread"
+)
 
 
 @dataclass(frozen=True)
