@@ -71,7 +71,7 @@ class _JsonLine:
 
     __slots__ = ("_line", "_text")
 
-    def __init__(self, line: dict[str, AuditValue]) -> None:
+    def __init__(self, line: dict[str, object]) -> None:
         self._line = line
         self._text: str | None = None
 
