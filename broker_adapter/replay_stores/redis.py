@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError
 
 from broker_adapter.replay import (
     DIGEST_BYTES,
@@ -174,10 +174,13 @@ class RedisReplayStore:
                     still = await self._send(missing)
                     for call in still:
                         _settle(call, ReplayStoreError("replay store: script not loaded"))
-            except (RedisError, OSError) as exc:
-                error = ReplayStoreError(f"replay store: {exc}")
+            except BaseException as exc:
+                # A connection error, or anything else: no caller may be left waiting.
+                error = ReplayStoreError(f"replay store: {exc!r}")
                 for call in batch:
                     _settle(call, error)
+                if not isinstance(exc, Exception):
+                    raise
 
     async def _send(self, batch: list[_Call]) -> list[_Call]:
         """One pipeline; settles every call except those that hit NOSCRIPT (returned)."""

@@ -274,11 +274,14 @@ class SqliteReplayStore:
             offload = self._offload or any(op.offload for op in batch)
             try:
                 results = await self._run_batch(batch, offload)
-            except sqlite3.Error as exc:
-                error = ReplayStoreError(f"replay store: {exc}")
+            except BaseException as exc:
+                # Whatever stopped the batch, no caller may be left waiting for it.
+                error = ReplayStoreError(f"replay store: {exc!r}")
                 for op in batch:
                     if not op.future.done():
                         op.future.set_exception(error)
+                if not isinstance(exc, Exception):
+                    raise  # cancellation or interpreter exit: stop flushing
                 continue
             for op, (ok, value) in zip(batch, results, strict=True):
                 if op.future.done():
