@@ -66,10 +66,10 @@ class SecuritySettings(BaseModel):
     replay_lease_ms: int = Field(default=5_000, gt=0)
     # Trust material (CA, CRL, peer certificates) is re-read this often without a restart.
     trust_reload_s: float = Field(default=60.0, gt=0)
-    # Open envelopes (checks 1-7) on one worker thread instead of the event loop (ECDSA
-    # verification and AES-GCM release the GIL). Off by default: on the 2-core bench machine a
-    # loaded quick run gained +36 % but the quiet full run lost 7 % (docs/benchmarks.md); turn
-    # it on where the worker has a core of its own.
+    # Open envelopes (checks 1-7) on one worker thread instead of the event loop, a loop turn's
+    # deliveries as one batch (ECDSA verification and AES-GCM release the GIL). On the 2-core
+    # bench machine: +11 % for a stream consumer, but +0.4 ms on every K_AF request at low load
+    # (docs/benchmarks.md). Off by default; turn it on for consumers of message streams.
     open_in_thread: bool = False
 
 

@@ -101,6 +101,8 @@ class SecureEndpoint:
         # epoch-key cache is not made for concurrent opens. See docs/benchmarks.md for when
         # it pays (the hand-off itself costs tens of microseconds).
         self._open_executor = open_executor
+        self._open_queue: list[tuple[Delivery, asyncio.Future[OpenedMessage]]] = []
+        self._open_flusher: asyncio.Task[None] | None = None
 
     @property
     def identity(self) -> str:
@@ -170,12 +172,41 @@ class SecureEndpoint:
         return self.codec.decode(delivery.body, broker_user_id=delivery.user_id)
 
     async def open_async(self, delivery: Delivery) -> OpenedMessage:
-        """``open`` on the configured executor, or inline on the event loop."""
+        """``open`` on the configured executor, or inline on the event loop.
+
+        With an executor, the deliveries of one loop turn go to it as ONE batch: a hand-off per
+        message cost more than the verification it moved (docs/benchmarks.md)."""
         if self._open_executor is None:
             return self.open(delivery)
-        return await asyncio.get_running_loop().run_in_executor(
-            self._open_executor, self.open, delivery
-        )
+        future: asyncio.Future[OpenedMessage] = asyncio.get_running_loop().create_future()
+        self._open_queue.append((delivery, future))
+        if self._open_flusher is None or self._open_flusher.done():
+            self._open_flusher = asyncio.ensure_future(self._open_batches())
+        return await future
+
+    async def _open_batches(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._open_queue:
+            batch, self._open_queue = self._open_queue, []
+            results = await loop.run_in_executor(
+                self._open_executor, self._open_all, [d for d, _ in batch]
+            )
+            for (_, future), result in zip(batch, results, strict=True):
+                if future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+
+    def _open_all(self, deliveries: list[Delivery]) -> list[OpenedMessage | Exception]:
+        out: list[OpenedMessage | Exception] = []
+        for delivery in deliveries:
+            try:
+                out.append(self.open(delivery))
+            except Exception as exc:  # noqa: BLE001 - each caller gets its own verdict
+                out.append(exc)
+        return out
 
     async def claim(self, opened: OpenedMessage) -> Claim:
         """Check 8 with bounded waiting for a busy store or another worker's lease."""

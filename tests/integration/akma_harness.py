@@ -73,6 +73,7 @@ async def network(
     config: AanfConfig | None = None,
     registry: AfRegistry | None = None,
     master_key: bytes | None = None,
+    **security: Any,
 ) -> AsyncIterator[Network]:
     # Pass the same ``master_key`` to bring a network back over the same context database.
     store = SqliteContextStore(
@@ -80,7 +81,7 @@ async def network(
     )
     aanf = Aanf(store, clock, config or AanfConfig())
     nef = Nef(registry or AfRegistry.load(REGISTRY), aanf, clock)
-    party = await open_party(broker, pki, pki.network, workdir)
+    party = await open_party(broker, pki, pki.network, workdir, **security)
     service = NetworkService(party, nef)
     await service.start()
     net = Network(party, service, aanf, store)
@@ -93,9 +94,9 @@ async def network(
 @asynccontextmanager
 async def af(
     broker: Any, pki: PkiLayout, name: str, workdir: Path, *, af_fqdn: str | None = None,
-    timeout_s: float = 5.0, attempts: int = 3,
+    timeout_s: float = 5.0, attempts: int = 3, **security: Any,
 ) -> AsyncIterator[AfService]:
-    party = await open_party(broker, pki, name, workdir)
+    party = await open_party(broker, pki, name, workdir, **security)
     service = AfService.build(
         party,
         af_id=make_af_id(af_fqdn or name, UA_TLS13_SHARED_KEY),

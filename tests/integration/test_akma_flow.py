@@ -78,6 +78,26 @@ async def test_twenty_concurrent_calls_make_one_request(broker: Any, pki: Any, t
         assert _served_keys() - before == 1
 
 
+async def test_envelopes_opened_on_a_worker_thread(broker: Any, pki: Any, tmp_path: Path) -> None:
+    # SecuritySettings.open_in_thread: checks 1-7 run on one worker thread, a loop turn's
+    # deliveries as one batch. Same answers, same refusals, on both sides.
+    ues = [_ue(f"imsi-00101000000{i:04d}") for i in range(12)]
+    async with h.network(broker, pki, tmp_path, open_in_thread=True), \
+            h.ausf(broker, pki, tmp_path) as ausf, \
+            h.af(broker, pki, "af1.example.com", tmp_path, open_in_thread=True) as af1, \
+            h.af(broker, pki, "af2.example.com", tmp_path, af_fqdn="af1.example.com",
+                 open_in_thread=True) as rogue:
+        for ue in ues:
+            await ausf.register(ue.anchor_key_info())
+        keys = await asyncio.gather(*(af1.client.get_application_key(ue.a_kid) for ue in ues))
+        assert [k.k_af for k in keys] == [
+            ue.k_af("af1.example.com", UA_TLS13_SHARED_KEY) for ue in ues
+        ]
+        with pytest.raises(KeyRequestRejectedError) as refused:
+            await rogue.client.get_application_key(ues[0].a_kid)
+        assert refused.value.reason == "unauthorized"
+
+
 def _served_keys() -> float:
     value = REGISTRY.get_sample_value(
         "akma_network_requests_total",
