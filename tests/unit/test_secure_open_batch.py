@@ -26,11 +26,8 @@ def _delivery(body: bytes, user_id: str) -> Delivery:
     )
 
 
-class _NoBroker:
-    """Opening never publishes; the publisher only lends its identity here."""
-
-
-async def test_a_batch_answers_each_delivery_with_its_own_verdict() -> None:
+def _world() -> tuple[EnvelopeCodec, EnvelopeCodec, ReplayGuard]:
+    """An AF's codec, the network's codec and the network's guard, under one test CA."""
     ca = TestPki()
     network, af = ca.party("network"), ca.party("af1.example.com")
     trust = ca.trust([network, af])
@@ -41,6 +38,15 @@ async def test_a_batch_answers_each_delivery_with_its_own_verdict() -> None:
                              rng=counter_rng(1000))
     guard = ReplayGuard(MemoryReplayStore(), window_ms=60_000, skew_ms=5_000,
                         in_progress_lease_ms=5_000, clock=clock)
+    return sender, receiver, guard
+
+
+class _NoBroker:
+    """Opening never publishes; the publisher only lends its identity here."""
+
+
+async def test_a_batch_answers_each_delivery_with_its_own_verdict() -> None:
+    sender, receiver, guard = _world()
     publisher = Publisher(cast(Any, _NoBroker()), "network")
     with ThreadPoolExecutor(max_workers=1) as pool:
         endpoint = SecureEndpoint(codec=receiver, guard=guard, publisher=publisher,
@@ -65,16 +71,7 @@ async def test_a_batch_answers_each_delivery_with_its_own_verdict() -> None:
 @pytest.mark.parametrize("batch", [1, 3])
 async def test_batches_follow_loop_turns(batch: int) -> None:
     # Calls made in one turn share a hand-off; a later call starts a new batch.
-    ca = TestPki()
-    network, af = ca.party("network"), ca.party("af1.example.com")
-    trust = ca.trust([network, af])
-    clock = fixed_clock()
-    sender = EnvelopeCodec(identity=af.identity, trust=trust, policy=POLICY, clock=clock,
-                           rng=counter_rng(1))
-    receiver = EnvelopeCodec(identity=network.identity, trust=trust, policy=POLICY, clock=clock,
-                             rng=counter_rng(1000))
-    guard = ReplayGuard(MemoryReplayStore(), window_ms=60_000, skew_ms=5_000,
-                        in_progress_lease_ms=5_000, clock=clock)
+    sender, receiver, guard = _world()
     handoffs: list[int] = []
 
     class CountingPool(ThreadPoolExecutor):
