@@ -114,7 +114,7 @@ async def _open_store(settings: SecuritySettings) -> ReplayStore:
         from broker_adapter.replay_stores.redis import RedisReplayStore
 
         client = Redis.from_url(settings.replay_redis_url, decode_responses=False)
-        return RedisReplayStore(client, prefix=settings.replay_redis_prefix)
+        return RedisReplayStore(client, prefix=settings.replay_redis_prefix, owns_client=True)
     settings.replay_sqlite_path.parent.mkdir(parents=True, exist_ok=True)
     # Opening the file takes its write lock for a moment (WAL switch, schema). The store waits
     # for a busy file up to its busy timeout itself; a lock held longer than that (a stuck

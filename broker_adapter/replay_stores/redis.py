@@ -100,16 +100,22 @@ return 1
 
 
 class RedisReplayStore:
-    """Replay entries in Redis under ``prefix``; the client stays owned by the caller.
+    """Replay entries in Redis under ``prefix``; the client stays the caller's unless
+    ``owns_client``.
 
     The client must return bytes (``decode_responses=False``, the default), because keys,
     digests, tokens and cached responses are binary.
     """
 
-    def __init__(self, client: Redis, prefix: str = "akma:replay:") -> None:
+    def __init__(
+        self, client: Redis, prefix: str = "akma:replay:", *, owns_client: bool = False
+    ) -> None:
         if client.connection_pool.connection_kwargs.get("decode_responses", False):
             raise ValueError("the Redis client must be created with decode_responses=False")
         self._client = client
+        # True when the store was handed a client made for it alone (the runtime does that):
+        # then ``close`` closes the client's connections too.
+        self._owns_client = owns_client
         self._prefix = prefix.encode("utf-8")
         self._claim_script = client.register_script(_CLAIM_LUA)
         self._complete_script = client.register_script(_COMPLETE_LUA)
@@ -144,9 +150,11 @@ class RedisReplayStore:
         return await self._call_flag(self._release_script, key, [token])
 
     async def close(self) -> None:
-        """Finish queued calls; the client itself stays the caller's to close."""
+        """Finish queued calls; close the client only if it was made for this store."""
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
+        if self._owns_client:
+            await self._client.aclose()
 
     async def _call_flag(self, script: AsyncScript, key: bytes, args: list[bytes]) -> bool:
         return bool(await self._call(script, key, args) == 1)
