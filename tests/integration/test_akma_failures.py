@@ -21,6 +21,7 @@ from as_side.service import inbox_queue
 from broker_adapter.envelope import OpenedMessage
 from broker_adapter.replay import Claim
 from broker_adapter.runtime import SecureParty
+from broker_adapter.secure import SecureRequester
 from broker_adapter.transport import Ack, Delivery, Outcome
 from network_side.akma import UA_TLS13_SHARED_KEY, make_af_id
 from network_side.messages import (
@@ -154,6 +155,55 @@ async def test_replayed_request_is_processed_once_and_answered_from_cache(
             assert await _through_guard(party, first) is None
         finally:
             await inbox.stop()
+            await party.close()
+
+
+async def test_requester_takes_one_answer_per_request_and_drops_repeats(
+    broker: Any, pki: Any, tmp_path: Path
+) -> None:
+    # SecureRequester deduplicates answers by its table of waiting requests, not by the replay
+    # store: the network's re-sent cached answer (what a replay of the answer would also look
+    # like) must be acked, counted and dropped, never handed to anyone.
+    ue = _ue("imsi-001010000000026")
+    h.purge(h.management(broker, pki), h.REQUEST_QUEUE, AF1_INBOX)
+    async with h.network(broker, pki, tmp_path), h.ausf(broker, pki, tmp_path) as ausf:
+        await ausf.register(ue.anchor_key_info())
+        party = await h.open_party(broker, pki, AF1, tmp_path)
+        requester = SecureRequester(party.endpoint, party.connection, AF1_INBOX)
+        sealed: list[tuple[bytes, bytes]] = []
+        seal = party.endpoint.seal
+
+        def recording_seal(*args: Any, **kwargs: Any) -> tuple[bytes, bytes]:
+            sealed.append(seal(*args, **kwargs))
+            return sealed[-1]
+
+        party.endpoint.seal = recording_seal  # type: ignore[method-assign]
+        await requester.start()
+        unmatched = {"queue": AF1_INBOX}
+        try:
+            request = _key_request(ue)
+            before = h.metric_total("akma_secure_unmatched_answers_total", unmatched)
+            handled = h.metric_total(REQUESTS)
+            answer = await requester.request(
+                "network", "network", request.MSG_TYPE, request.to_body(), timeout_s=5
+            )
+            data = decode_body(answer.msg_type, answer.body)
+            assert isinstance(data, AkmaAfKeyData)
+            assert data.k_af == ue.k_af(AF1, UA_TLS13_SHARED_KEY)
+            ((request_bytes, msg_id),) = sealed
+            assert answer.correlation_id == msg_id
+
+            # The same request bytes again: the network answers from its cache, and that
+            # answer reaches an AF that is no longer waiting for it.
+            await _publish(party, request_bytes, msg_id, request.MSG_TYPE)
+            await h.wait_until(
+                lambda: h.metric_total("akma_secure_unmatched_answers_total", unmatched)
+                == before + 1,
+                timeout_s=10,
+            )
+            assert h.metric_total(REQUESTS) == handled + 1
+        finally:
+            await requester.stop()
             await party.close()
 
 
