@@ -3,6 +3,8 @@
 Secured: the AF's ``AkmaKeyClient`` (cache disabled, so every call goes to the network) in this
 process, the real network worker in another. Plain: ``RpcClient`` here and a plain responder
 process answering with a body of the same size as the sealed answer, over the same queues.
+Plain AKMA (reported, not a target): ``RpcClient`` and the network worker's NEF/AAnF work over
+plain request/response, which splits the AKMA logic's cost from the security's.
 Concurrent callers never ask for the same A-KID at the same time (no single-flight sharing).
 """
 
@@ -24,6 +26,7 @@ from bench.common import (
     NETWORK,
     REQUEST_EXCHANGE,
     REQUEST_QUEUE,
+    BenchError,
     Child,
     Deployment,
 )
@@ -31,7 +34,7 @@ from broker_adapter.runtime import open_secure_party, system_clock_ms
 from broker_adapter.secure import SecureRequester
 from broker_adapter.transport import Publisher, RpcClient, connect
 from network_side.akma import UA_TLS13_SHARED_KEY, make_af_id
-from network_side.messages import AkmaAfKeyData, AkmaAfKeyRequest
+from network_side.messages import AkmaAfKeyData, AkmaAfKeyRequest, decode_body
 
 Call = Callable[[int], Awaitable[None]]
 
@@ -123,25 +126,16 @@ async def _secured_phase(dep: Deployment, akma: AkmaFixture, cfg: LatencyConfig,
         workers.stop()
 
 
-async def _plain_phase(dep: Deployment, cfg: LatencyConfig, sizes: dict[str, int],
-                       label: str) -> dict[int, dict[str, float]]:
-    responder = Child.role(
-        f"lat-plain-{label}", "plain-responder",
-        {"reply_bytes": sizes["reply"], "prefetch": 64, "party": dep.party_config(NETWORK)},
-        dep.work,
-    )
+async def _rpc_phase(dep: Deployment, cfg: LatencyConfig, responder: Child,
+                     make_call: Callable[[RpcClient], Call]) -> dict[int, dict[str, float]]:
+    """Drive a plain responder process with ``RpcClient`` calls from this process."""
     try:
         responder.event("ready")
         connection = await connect(dep.broker_settings(AF))
         publisher = Publisher(connection, AF)
         rpc = RpcClient(connection, publisher, AF_INBOX)
         await rpc.start()
-        body = os.urandom(sizes["request"])
-
-        async def call(i: int) -> None:
-            await rpc.request(REQUEST_EXCHANGE, NETWORK, body, timeout_s=15,
-                              msg_type=AkmaAfKeyRequest.MSG_TYPE)
-
+        call = make_call(rpc)
         try:
             for i in range(cfg.warmup):
                 await call(i)
@@ -153,6 +147,50 @@ async def _plain_phase(dep: Deployment, cfg: LatencyConfig, sizes: dict[str, int
             await connection.close()
     finally:
         responder.stop()
+
+
+async def _plain_phase(dep: Deployment, cfg: LatencyConfig, sizes: dict[str, int],
+                       label: str) -> dict[int, dict[str, float]]:
+    responder = Child.role(
+        f"lat-plain-{label}", "plain-responder",
+        {"reply_bytes": sizes["reply"], "prefetch": 64, "party": dep.party_config(NETWORK)},
+        dep.work,
+    )
+    body = os.urandom(sizes["request"])
+
+    def make_call(rpc: RpcClient) -> Call:
+        async def call(i: int) -> None:
+            await rpc.request(REQUEST_EXCHANGE, NETWORK, body, timeout_s=15,
+                              msg_type=AkmaAfKeyRequest.MSG_TYPE)
+
+        return call
+
+    return await _rpc_phase(dep, cfg, responder, make_call)
+
+
+async def _plain_akma_phase(dep: Deployment, akma: AkmaFixture, cfg: LatencyConfig,
+                            label: str) -> dict[int, dict[str, float]]:
+    """The same AKMA request and answer (NEF/AAnF, context store, audit) without envelopes or
+    replay guard: what the AKMA work costs apart from the security."""
+    responder = Child.role(
+        f"lat-plain-akma-{label}", "plain-akma-responder",
+        {"prefetch": 64, "party": dep.party_config(NETWORK), "registry": str(akma.registry),
+         "master_key_file": str(akma.master_key), "context_db": str(akma.context_db)},
+        dep.work,
+    )
+    af_id = make_af_id(AF, UA_TLS13_SHARED_KEY)
+
+    def make_call(rpc: RpcClient) -> Call:
+        async def call(i: int) -> None:
+            request = AkmaAfKeyRequest(af_id=af_id, a_kid=akma.a_kids[i % len(akma.a_kids)])
+            answer = await rpc.request(REQUEST_EXCHANGE, NETWORK, request.to_body(), timeout_s=15,
+                                       msg_type=request.MSG_TYPE)
+            if not isinstance(decode_body(answer.msg_type or "", answer.body), AkmaAfKeyData):
+                raise BenchError(f"plain AKMA answer was {answer.msg_type}")
+
+        return call
+
+    return await _rpc_phase(dep, cfg, responder, make_call)
 
 
 async def envelope_sizes(dep: Deployment, akma: AkmaFixture) -> dict[str, int]:
@@ -174,14 +212,17 @@ async def envelope_sizes(dep: Deployment, akma: AkmaFixture) -> dict[str, int]:
 async def run_latency(dep: Deployment, akma: AkmaFixture, cfg: LatencyConfig,
                       log: Any = print) -> dict[str, Any]:
     sizes = await envelope_sizes(dep, akma)
-    runs: dict[str, list[dict[int, dict[str, float]]]] = {"secured": [], "plain": []}
+    modes = ["secured", "plain", "plain_akma"]
+    runs: dict[str, list[dict[int, dict[str, float]]]] = {m: [] for m in modes}
     for round_ in range(cfg.rounds):
-        order = ["secured", "plain"] if round_ % 2 == 0 else ["plain", "secured"]
-        for mode in order:
+        shift = round_ % len(modes)
+        for mode in modes[shift:] + modes[:shift]:
             purge_queues(dep, REQUEST_QUEUE, AF_INBOX)
             label = f"{mode}-{round_}"
             if mode == "secured":
                 result = await _secured_phase(dep, akma, cfg, label)
+            elif mode == "plain_akma":
+                result = await _plain_akma_phase(dep, akma, cfg, label)
             else:
                 result = await _plain_phase(dep, cfg, sizes, label)
             runs[mode].append(result)
@@ -198,5 +239,9 @@ async def run_latency(dep: Deployment, akma: AkmaFixture, cfg: LatencyConfig,
             } | {"n": results[0][c]["n"]}
         level["p50_ratio"] = level["secured"]["p50_ms"] / level["plain"]["p50_ms"]
         level["p99_ratio"] = level["secured"]["p99_ms"] / level["plain"]["p99_ms"]
+        # Reported, not a target: the security's share once the AKMA work is on both sides.
+        level["p99_ratio_vs_plain_akma"] = (
+            level["secured"]["p99_ms"] / level["plain_akma"]["p99_ms"]
+        )
         out["levels"][str(c)] = level
     return out

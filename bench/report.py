@@ -106,6 +106,19 @@ def markdown(results: dict[str, Any]) -> str:
             cells = [f"{sec.get(k, 0):.0f} / {pl.get(k, 0):.0f}" for k in (
                 "caller_cpu_us_per_req", "responder_cpu_us_per_req", "broker_cpu_us_per_req")]
             lines.append(f"| {c} | " + " | ".join(cells) + " |")
+        if all("plain_akma" in lv for lv in lat["levels"].values()):
+            lines += ["", ("Plain AKMA: the same NEF/AAnF work (context store, K_AF, audit lines) "
+                           "over plain request/response, no envelope or replay guard (reported, "
+                           "not a target)."), "",
+                      ("| callers | plain AKMA p50 ms | plain AKMA p99 ms | req/s | responder CPU "
+                       "us/req | secured p99 / plain AKMA p99 |"),
+                      "|---:|---:|---:|---:|---:|---:|"]
+            for c, lv in lat["levels"].items():
+                pa = lv["plain_akma"]
+                lines.append(
+                    f"| {c} | {pa['p50_ms']:.2f} | {pa['p99_ms']:.2f} | {pa['req_per_s']:.0f} | "
+                    f"{pa.get('responder_cpu_us_per_req', 0):.0f} | "
+                    f"{lv['p99_ratio_vs_plain_akma']:.2f} |")
     cpu = results.get("envelope_cpu")
     if cpu:
         lines += ["", "## Envelope CPU (us per message, process CPU time)", "",

@@ -5,6 +5,8 @@ Roles:
 - ``tp-consumer``: consumes ``count`` messages with manual acks, then reports.
 - ``plain-responder``: answers every request on the network queue with a same-size plain body
   (the unsecured counterpart of the network worker for the latency comparison).
+- ``plain-akma-responder``: the network worker's AKMA work over plain request/response (no
+  envelope, no replay guard), to split the AKMA logic's cost from the security's.
 
 Modes of the throughput roles:
 - ``plain``: aio-pika only (the baseline: what messaging costs without us);
@@ -26,6 +28,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -42,7 +45,7 @@ from bench.common import (
 )
 from broker_adapter.envelope import OpenedMessage
 from broker_adapter.replay import Claim
-from broker_adapter.runtime import SecuritySettings, open_secure_party
+from broker_adapter.runtime import SecuritySettings, open_secure_party, system_clock_ms
 from broker_adapter.transport import (
     Ack,
     BrokerSettings,
@@ -53,6 +56,14 @@ from broker_adapter.transport import (
     Publisher,
     connect,
 )
+from broker_adapter.worker import configure_logging
+from network_side.aanf import Aanf, AanfConfig
+from network_side.af_registry import AfRegistry
+from network_side.audit import AuditLog
+from network_side.context_store import SqliteContextStore
+from network_side.messages import decode_body
+from network_side.nef import Nef
+from network_side.settings import read_master_key
 
 BENCH_MSG_TYPE = "akma.bench"
 
@@ -270,10 +281,55 @@ async def plain_responder(config: dict[str, Any]) -> None:
     await connection.close()
 
 
+async def plain_akma_responder(config: dict[str, Any]) -> None:
+    """The network worker's AKMA work (NEF + AAnF on the same context store and registry, audit
+    lines included) behind plain request/response: no envelope, no replay guard. Separates
+    what the AKMA logic costs from what the security costs."""
+    broker, _ = _settings(config)
+    configure_logging("INFO")
+    store = SqliteContextStore(
+        Path(config["context_db"]), master_key=read_master_key(Path(config["master_key_file"]))
+    )
+    audit = AuditLog(system_clock_ms)
+    aanf = Aanf(store, system_clock_ms, AanfConfig(), audit=audit)
+    nef = Nef(AfRegistry.load(Path(config["registry"])), aanf, system_clock_ms, audit=audit)
+    connection: AbstractRobustConnection = await connect(broker)
+    publisher = Publisher(connection, broker.identity)
+
+    async def handler(delivery: Delivery) -> Outcome:
+        message = decode_body(delivery.msg_type or "", delivery.body)
+        reply = nef.handle(delivery.user_id or "", message).reply
+        await publisher.publish(
+            REPLY_EXCHANGE,
+            delivery.user_id or "",
+            OutgoingMessage(
+                body=reply.to_body(),
+                message_id=secrets.token_hex(16),
+                correlation_id=delivery.correlation_id,
+                msg_type=reply.MSG_TYPE,
+            ),
+        )
+        return Ack()
+
+    cons = Consumer(
+        connection, REQUEST_QUEUE, handler, publisher=publisher, prefetch=int(config["prefetch"])
+    )
+    await cons.start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    emit("ready")
+    await stop.wait()
+    await cons.stop(drain_timeout_s=2)
+    await publisher.close()
+    await connection.close()
+    store.close()
+
+
 ROLES: dict[str, Callable[[dict[str, Any]], Coroutine[Any, Any, None]]] = {
     "tp-producer": producer,
     "tp-consumer": consumer,
     "plain-responder": plain_responder,
+    "plain-akma-responder": plain_akma_responder,
 }
 
 
