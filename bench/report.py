@@ -129,6 +129,15 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(
                 f"| {name}{mark} | {row['seal_us']:.0f} | {row['open_us']:.0f} | "
                 f"{row['total_us']:.0f} | {row['size_bytes']:.0f} | {row['ratio_to_jose']:.2f} |")
+    pc = results.get("pieces")
+    if pc:
+        u = pc["us_per_message"]
+        lines += ["", (f"## Secured path pieces in one process ({pc['suite']}, {pc['body_bytes']}-byte "
+                       f"bodies, replay calls {pc['per_turn']} per loop turn, SQLite)"), "",
+                  "| seal | open (checks 1-7) | replay claim | replay complete | total |",
+                  "|---:|---:|---:|---:|---:|",
+                  (f"| {u['seal']:.0f} | {u['open']:.0f} | {u['claim']:.0f} | "
+                   f"{u['complete']:.0f} | {u['total']:.0f} |")]
     sc = results.get("scaling")
     if sc:
         lines += ["", f"## Worker scaling ({sc['requests']} key requests)", "",

@@ -23,6 +23,7 @@ from bench.common import AF, REPO, Deployment, machine_info
 from bench.cpu import run_cpu
 from bench.latency import LatencyConfig, run_latency
 from bench.memory import run_memory
+from bench.pieces import run_pieces
 from bench.redis_util import RedisPrefix
 from bench.report import headline, verdicts, write_all
 from bench.scaling import ScalingConfig, run_scaling
@@ -30,7 +31,7 @@ from bench.throughput import DEFAULT_VARIANTS, VARIANTS, ThroughputConfig, run_t
 from infra.local_broker import LocalBroker
 from infra.pki import ensure_dev_pki
 
-PARTS = ("cpu", "memory", "throughput", "latency", "scaling")
+PARTS = ("cpu", "pieces", "memory", "throughput", "latency", "scaling")
 
 
 def _log(text: str) -> None:
@@ -40,12 +41,12 @@ def _log(text: str) -> None:
 def _sizes(quick: bool, tiny: bool) -> dict[str, Any]:
     if tiny:
         return {"tp": 150, "lat": {1: 10, 16: 32, 64: 64}, "scale": 100, "cpu": 30, "mem": 300,
-                "subscribers": 64}
+                "subscribers": 64, "pieces": 64}
     if quick:
         return {"tp": 2000, "lat": {1: 50, 16: 160, 64: 320}, "scale": 500, "cpu": 100,
-                "mem": 2000, "subscribers": 256}
+                "mem": 2000, "subscribers": 256, "pieces": 1000}
     return {"tp": 20000, "lat": {1: 400, 16: 1600, 64: 3200}, "scale": 3000, "cpu": 400,
-            "mem": 20000, "subscribers": 256}
+            "mem": 20000, "subscribers": 256, "pieces": 4000}
 
 
 async def _broker_parts(dep: Deployment, parts: set[str], sizes: dict[str, Any], rounds: int,
@@ -105,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         if "cpu" in parts:
             _log("== envelope CPU: seal+open per suite vs JOSE")
             results["envelope_cpu"] = run_cpu(sizes["cpu"], max(rounds, 3))
+        if "pieces" in parts:
+            _log("== secured path pieces in process (open, claim, complete, seal)")
+            results["pieces"] = run_pieces(sizes["pieces"], max(rounds, 3))
         if "memory" in parts:
             _log("== replay state per live message id")
             results["memory"] = asyncio.run(
