@@ -33,6 +33,7 @@ from broker_adapter.replay import Claim, ClaimOutcome, ReplayGuard, ReplayStoreE
 from broker_adapter.transport.consumer import Consumer
 from broker_adapter.transport.delivery import Ack, DeadLetter, Delivery, Outcome, Requeue
 from broker_adapter.transport.publisher import OutgoingMessage, Publisher
+from broker_adapter.turn_batch import TurnBatcher
 
 log = logging.getLogger("broker_adapter.secure")
 
@@ -101,8 +102,13 @@ class SecureEndpoint:
         # epoch-key cache is not made for concurrent opens. See docs/benchmarks.md for when
         # it pays (the hand-off itself costs tens of microseconds).
         self._open_executor = open_executor
-        self._open_queue: list[tuple[Delivery, asyncio.Future[OpenedMessage]]] = []
-        self._open_flusher: asyncio.Task[None] | None = None
+        self._open_batches: TurnBatcher[Delivery, OpenedMessage] | None = (
+            # Not a coded error on purpose: a dead executor says nothing about the message, so
+            # the consumer requeues it (a coded error would dead-letter it).
+            TurnBatcher(self._open_on_executor,
+                        lambda exc: RuntimeError(f"envelope executor failed: {exc!r}"))
+            if open_executor is not None else None
+        )
 
     @property
     def identity(self) -> str:
@@ -176,28 +182,16 @@ class SecureEndpoint:
 
         With an executor, the deliveries of one loop turn go to it as ONE batch: a hand-off per
         message cost more than the verification it moved (docs/benchmarks.md)."""
-        if self._open_executor is None:
+        if self._open_batches is None:
             return self.open(delivery)
-        future: asyncio.Future[OpenedMessage] = asyncio.get_running_loop().create_future()
-        self._open_queue.append((delivery, future))
-        if self._open_flusher is None or self._open_flusher.done():
-            self._open_flusher = asyncio.ensure_future(self._open_batches())
-        return await future
+        return await self._open_batches.submit(delivery)
 
-    async def _open_batches(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self._open_queue:
-            batch, self._open_queue = self._open_queue, []
-            results = await loop.run_in_executor(
-                self._open_executor, self._open_all, [d for d, _ in batch]
-            )
-            for (_, future), result in zip(batch, results, strict=True):
-                if future.done():
-                    continue
-                if isinstance(result, BaseException):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
+    async def _open_on_executor(
+        self, deliveries: list[Delivery]
+    ) -> list[OpenedMessage | Exception]:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._open_executor, self._open_all, deliveries
+        )
 
     def _open_all(self, deliveries: list[Delivery]) -> list[OpenedMessage | Exception]:
         out: list[OpenedMessage | Exception] = []

@@ -24,7 +24,6 @@ calls that hit NOSCRIPT are sent again.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -41,6 +40,7 @@ from broker_adapter.replay import (
     EntryState,
     ReplayStoreError,
 )
+from broker_adapter.turn_batch import TurnBatcher
 
 # Reply codes of the claim script, in the order of the checks in ``decide``.
 _CLAIMED_NEW, _RECLAIMED, _IN_PROGRESS, _DONE, _CONFLICT = 0, 1, 2, 3, 4
@@ -120,8 +120,10 @@ class RedisReplayStore:
         self._claim_script = client.register_script(_CLAIM_LUA)
         self._complete_script = client.register_script(_COMPLETE_LUA)
         self._release_script = client.register_script(_RELEASE_LUA)
-        self._queue: list[_Call] = []
-        self._flusher: asyncio.Task[None] | None = None
+        # Pipelining: the calls of one loop turn, one round trip.
+        self._batches: TurnBatcher[_Call, object] = TurnBatcher(
+            self._run_batch, lambda exc: ReplayStoreError(f"replay store: {exc!r}")
+        )
 
     def redis_key(self, key: bytes) -> bytes:
         """The Redis key of a replay key (for operators and tests)."""
@@ -151,8 +153,7 @@ class RedisReplayStore:
 
     async def close(self) -> None:
         """Finish queued calls; close the client only if it was made for this store."""
-        if self._flusher is not None:
-            await asyncio.gather(self._flusher, return_exceptions=True)
+        await self._batches.drain()
         if self._owns_client:
             await self._client.aclose()
 
@@ -162,68 +163,34 @@ class RedisReplayStore:
     # ---- pipelining: one round trip per loop turn ---------------------------------------
 
     async def _call(self, script: AsyncScript, key: bytes, args: Sequence[object]) -> object:
-        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Call(script, self.redis_key(key), list(args), future))
-        if self._flusher is None or self._flusher.done():
-            # Starts on the next turn, after the handlers scheduled in this one have queued.
-            self._flusher = asyncio.ensure_future(self._flush())
-        return await future
+        return await self._batches.submit(_Call(script, self.redis_key(key), list(args)))
 
-    async def _flush(self) -> None:
-        while self._queue:
-            batch, self._queue = self._queue, []
-            batch = [call for call in batch if not call.future.cancelled()]
-            try:
-                missing = await self._send(batch)
-                if missing:
-                    # The server lost our scripts: load each one, then resend only those calls.
-                    for script in {id(c.script): c.script for c in missing}.values():
-                        await self._client.script_load(script.script)
-                    still = await self._send(missing)
-                    for call in still:
-                        _settle(call, ReplayStoreError("replay store: script not loaded"))
-            except BaseException as exc:
-                # A connection error, or anything else: no caller may be left waiting.
-                error = ReplayStoreError(f"replay store: {exc!r}")
-                for call in batch:
-                    _settle(call, error)
-                if not isinstance(exc, Exception):
-                    raise
+    async def _run_batch(self, batch: list[_Call]) -> list[object | Exception]:
+        results = await self._send(batch)
+        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if missing:
+            # The server lost our scripts: load each one, then resend only those calls.
+            for script in {id(batch[i].script): batch[i].script for i in missing}.values():
+                await self._client.script_load(script.script)
+            for i, result in zip(missing, await self._send([batch[i] for i in missing]),
+                                 strict=True):
+                results[i] = result
+        return [ReplayStoreError(f"replay store: {r}") if isinstance(r, Exception) else r
+                for r in results]
 
-    async def _send(self, batch: list[_Call]) -> list[_Call]:
-        """One pipeline; settles every call except those that hit NOSCRIPT (returned)."""
-        if not batch:
-            return []
+    async def _send(self, batch: list[_Call]) -> list[object | Exception]:
+        """One pipeline of EVALSHA calls; a call's error comes back in its place."""
         pipe = self._client.pipeline(transaction=False)
         for call in batch:
             pipe.evalsha(call.script.sha, 1, call.key, *call.args)  # type: ignore[arg-type]
-        replies = await pipe.execute(raise_on_error=False)
-        missing = []
-        for call, reply in zip(batch, replies, strict=True):
-            if isinstance(reply, NoScriptError):
-                missing.append(call)
-            elif isinstance(reply, Exception):
-                _settle(call, ReplayStoreError(f"replay store: {reply}"))
-            else:
-                _settle(call, reply)
-        return missing
+        return list(await pipe.execute(raise_on_error=False))
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Call:
     script: AsyncScript
     key: bytes
     args: list[object]
-    future: asyncio.Future[object]
-
-
-def _settle(call: _Call, result: object) -> None:
-    if call.future.done():
-        return
-    if isinstance(result, BaseException):
-        call.future.set_exception(result)
-    else:
-        call.future.set_result(result)
 
 
 def _decision(reply: object) -> Decision:

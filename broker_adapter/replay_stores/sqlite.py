@@ -31,7 +31,7 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, Literal, TypeVar
+from typing import Literal, TypeVar, cast
 
 from broker_adapter.replay import (
     Decision,
@@ -42,6 +42,7 @@ from broker_adapter.replay import (
     decide,
     may_release,
 )
+from broker_adapter.turn_batch import TurnBatcher
 
 _T = TypeVar("_T")
 
@@ -97,11 +98,11 @@ class SqliteReplayStore:
         self._writes_since_checkpoint = 0
         self._checkpoint_task: asyncio.Future[None] | None = None
         self._path = str(path)
-        # Operations waiting for the next group commit, and the task that runs them. Only that
-        # task touches the connection, one batch at a time, so inline and threaded batches
-        # never overlap.
-        self._queue: list[_Op[object]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        # Group commit: the operations of one loop turn, one transaction. The batcher runs one
+        # batch at a time, so inline and threaded batches never use the connection together.
+        self._batches: TurnBatcher[_Op, object] = TurnBatcher(
+            self._run_batch, lambda exc: ReplayStoreError(f"replay store: {exc!r}")
+        )
         self._closed = False
         try:
             # The busy timeout is in force from the first statement: switching a new file to
@@ -153,8 +154,7 @@ class SqliteReplayStore:
 
     async def close(self) -> None:
         self._closed = True
-        if self._flusher is not None:
-            await asyncio.gather(self._flusher, return_exceptions=True)
+        await self._batches.drain()
         if self._checkpoint_task is not None:
             await asyncio.gather(self._checkpoint_task, return_exceptions=True)
         self._conn.close()
@@ -250,76 +250,44 @@ class SqliteReplayStore:
 
     async def _run(self, op: Callable[[sqlite3.Connection], _T], *, offload: bool = False) -> _T:
         """Queue ``op`` for the next group commit and wait for its own result."""
-        return await self._submit(op, offload=offload)
+        return cast(_T, await self._submit(op, offload=offload))
 
     def _submit(
-        self, op: Callable[[sqlite3.Connection], _T], *, offload: bool = False
-    ) -> asyncio.Future[_T]:
+        self, op: Callable[[sqlite3.Connection], object], *, offload: bool = False
+    ) -> asyncio.Future[object]:
         if self._closed:
             raise ReplayStoreError("replay store is closed")
-        future: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Op(op, future, offload))  # type: ignore[arg-type]
-        if self._flusher is None or self._flusher.done():
-            # A task starts on the loop's next turn, after every handler already scheduled in
-            # this turn has had its chance to queue an operation.
-            self._flusher = asyncio.ensure_future(self._flush())
-        return future
+        return self._batches.submit(_Op(op, offload))
 
-    async def _flush(self) -> None:
-        while self._queue:
-            batch, self._queue = self._queue, []
-            batch = [op for op in batch if not op.future.cancelled()]
-            if not batch:
-                continue
-            offload = self._offload or any(op.offload for op in batch)
+    async def _run_batch(self, batch: list[_Op]) -> list[object | Exception]:
+        if not (self._offload or any(op.offload for op in batch)):
             try:
-                results = await self._run_batch(batch, offload)
-            except BaseException as exc:
-                # Whatever stopped the batch, no caller may be left waiting for it.
-                error = ReplayStoreError(f"replay store: {exc!r}")
-                for op in batch:
-                    if not op.future.done():
-                        op.future.set_exception(error)
-                if not isinstance(exc, Exception):
-                    raise  # cancellation or interpreter exit: stop flushing
-                continue
-            for op, (ok, value) in zip(batch, results, strict=True):
-                if op.future.done():
-                    continue
-                if ok:
-                    op.future.set_result(value)
-                else:
-                    assert isinstance(value, BaseException)
-                    op.future.set_exception(value)
-            self._maybe_checkpoint(len(batch))
-
-    async def _run_batch(
-        self, batch: list[_Op[object]], offload: bool
-    ) -> list[tuple[bool, object]]:
-        if not offload:
-            try:
-                return self._transaction_batch(batch)
+                results = self._transaction_batch(batch)
+                self._maybe_checkpoint(len(batch))
+                return results
             except sqlite3.Error as exc:
                 if not _is_busy(exc):
                     raise
         # Another process holds the write lock (or every commit fsyncs): wait off the loop.
-        return await asyncio.to_thread(self._run_waiting, batch)
+        results = await asyncio.to_thread(self._run_waiting, batch)
+        self._maybe_checkpoint(len(batch))
+        return results
 
-    def _transaction_batch(self, batch: list[_Op[object]]) -> list[tuple[bool, object]]:
+    def _transaction_batch(self, batch: list[_Op]) -> list[object | Exception]:
         """All of ``batch`` in one transaction. An operation that raises something other than
         an SQLite error fails alone (its statements are reads, or a single write that did not
         happen); an SQLite error rolls back the whole batch."""
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
-        results: list[tuple[bool, object]] = []
+        results: list[object | Exception] = []
         try:
             for op in batch:
                 try:
-                    results.append((True, op.body(conn)))
+                    results.append(op.body(conn))
                 except sqlite3.Error:
                     raise
                 except Exception as exc:  # noqa: BLE001 - handed to that caller
-                    results.append((False, exc))
+                    results.append(exc)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -344,7 +312,7 @@ class SqliteReplayStore:
         except sqlite3.Error:
             pass
 
-    def _run_waiting(self, batch: list[_Op[object]]) -> list[tuple[bool, object]]:
+    def _run_waiting(self, batch: list[_Op]) -> list[object | Exception]:
         self._set_busy_timeout(self._busy_timeout_ms)
         try:
             return self._transaction_batch(batch)
@@ -355,10 +323,9 @@ class SqliteReplayStore:
         self._conn.execute(f"PRAGMA busy_timeout={int(ms)}")
 
 
-@dataclass(slots=True)
-class _Op(Generic[_T]):
-    body: Callable[[sqlite3.Connection], _T]
-    future: asyncio.Future[_T]
+@dataclass(frozen=True, slots=True)
+class _Op:
+    body: Callable[[sqlite3.Connection], object]
     # Run this operation's batch in a worker thread (long purges).
     offload: bool
 
