@@ -164,7 +164,7 @@ async def test_requester_takes_one_answer_per_request_and_drops_repeats(
     # SecureRequester deduplicates answers by its table of waiting requests, not by the replay
     # store: the network's re-sent cached answer (what a replay of the answer would also look
     # like) must be acked, counted and dropped, never handed to anyone.
-    ue = _ue("imsi-001010000000026")
+    ue = _ue("imsi-001010000000027")
     h.purge(h.management(broker, pki), h.REQUEST_QUEUE, AF1_INBOX)
     async with h.network(broker, pki, tmp_path), h.ausf(broker, pki, tmp_path) as ausf:
         await ausf.register(ue.anchor_key_info())
