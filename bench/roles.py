@@ -9,11 +9,13 @@ Roles:
   envelope, no replay guard), to split the AKMA logic's cost from the security's.
 
 Modes of the throughput roles:
-- ``plain``: aio-pika only (the baseline: what messaging costs without us);
+- ``plain``: stock aio-pika only (the baseline: what messaging costs without us; our
+  ``connect`` with ``coalesce_writes`` off, so aiormq's own transport);
 - ``plain_signed``: ``plain`` plus one ECDSA P-256 signature per message on the producer and its
   verification on the consumer, nothing else: the floor that a signature on every message
   alone puts under any secured path on this machine;
-- ``transport``: our ``Publisher``/``Consumer`` with plain bodies (our shell, no security);
+- ``transport``: our ``Publisher``/``Consumer`` with plain bodies over our connection (our
+  shell with its coalesced writes, no security);
 - ``secured``: ``SecureEndpoint.seal`` + ``Publisher`` on one side, ``Consumer`` +
   ``SecureEndpoint.guarded`` (open, checks 1-7, replay claim and completion) on the other.
 """
@@ -78,6 +80,20 @@ def _settings(config: dict[str, Any]) -> tuple[BrokerSettings, SecuritySettings]
     return BrokerSettings(**party["broker"]), SecuritySettings(**party["security"])
 
 
+def _chunks_per_write(connection: object) -> float | None:
+    """Frames (aiormq chunks) per socket write on a coalescing connection; None on stock."""
+    stats = getattr(connection, "write_stats", None)
+    if stats is None or not stats.writes:
+        return None
+    return float(stats.chunks / stats.writes)
+
+
+def _stock(broker: BrokerSettings) -> BrokerSettings:
+    """The baseline is stock aio-pika: TLS and certificate login as ours, but aiormq's own
+    transport (one socket write per frame), not our coalescing writer."""
+    return broker.model_copy(update={"coalesce_writes": False})
+
+
 class _Windowed:
     """Run ``send(i)`` for i in range(count) with at most ``window`` calls in flight."""
 
@@ -101,8 +117,9 @@ async def producer(config: dict[str, Any]) -> None:
     body = os.urandom(int(config["body_bytes"]))
     send: Callable[[int], Awaitable[None]]
     closers: list[Callable[[], Awaitable[None]]] = []
+    connection: object
     if mode in ("plain", "plain_signed"):
-        connection = await connect(broker)
+        connection = await connect(_stock(broker))
         closers.append(connection.close)
         channel = await connection.channel(publisher_confirms=True)
         exchange = await channel.get_exchange(REQUEST_EXCHANGE, ensure=False)
@@ -137,6 +154,7 @@ async def producer(config: dict[str, Any]) -> None:
     else:
         party = await open_secure_party(broker, security)
         closers.append(party.close)
+        connection = party.connection
         endpoint = party.endpoint
 
         async def send(i: int) -> None:
@@ -150,7 +168,8 @@ async def producer(config: dict[str, Any]) -> None:
     cpu0, start = time.process_time(), time.time()
     await _Windowed(count, window, send).run()
     end = time.time()
-    emit("result", start_ts=start, end_ts=end, cpu_s=time.process_time() - cpu0, count=count)
+    emit("result", start_ts=start, end_ts=end, cpu_s=time.process_time() - cpu0, count=count,
+         chunks_per_write=_chunks_per_write(connection))
     for close in closers:
         await close()
 
@@ -183,7 +202,7 @@ async def consumer(config: dict[str, Any]) -> None:
     counter = _Counter(int(config["count"]) + 1)
     closers: list[Callable[[], Awaitable[None]]] = []
     if mode in ("plain", "plain_signed"):
-        connection = await connect(broker)
+        connection = await connect(_stock(broker))
         closers.append(connection.close)
         channel = await connection.channel(publisher_confirms=False)
         await channel.set_qos(prefetch_count=prefetch)
@@ -242,6 +261,7 @@ async def consumer(config: dict[str, Any]) -> None:
         count=counter.seen,
         rejected=counter.rejected,
         cpu_s=time.process_time() - counter.cpu0,
+        chunks_per_write=_chunks_per_write(connection),
     )
     for close in closers:
         await close()

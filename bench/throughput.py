@@ -96,6 +96,9 @@ def _one_run(dep: Deployment, variant: str, cfg: ThroughputConfig, run: int,
         "producer_cpu_us_per_msg": p["cpu_s"] / cfg.count * 1e6,
         "consumer_cpu_us_per_msg": c["cpu_s"] / cfg.count * 1e6,
         "rejected": c["rejected"],
+        # Frames per socket write on our coalescing connection (None on stock aio-pika).
+        "producer_frames_per_write": p.get("chunks_per_write"),
+        "consumer_frames_per_write": c.get("chunks_per_write"),
         # Includes the few connection frames of start-up; None when the bench did not start
         # the broker itself.
         "broker_cpu_us_per_msg": (broker1 - broker0) / cfg.count * 1e6
@@ -123,8 +126,10 @@ def run_throughput(dep: Deployment, cfg: ThroughputConfig, redis: RedisPrefix | 
     for variant, results in runs.items():
         keys = ["msg_per_s", "publish_msg_per_s", "producer_cpu_us_per_msg",
                 "consumer_cpu_us_per_msg"]
-        if all(r["broker_cpu_us_per_msg"] is not None for r in results):
-            keys.append("broker_cpu_us_per_msg")
+        for optional in ("broker_cpu_us_per_msg", "producer_frames_per_write",
+                         "consumer_frames_per_write"):
+            if all(r.get(optional) is not None for r in results):
+                keys.append(optional)
         out["variants"][variant] = {
             key: statistics.median(r[key] for r in results) for key in keys
         } | {"runs_msg_per_s": [round(r["msg_per_s"], 1) for r in results],

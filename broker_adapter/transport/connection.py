@@ -6,17 +6,65 @@ connection and lets it restore channels and consumers after a broker restart or 
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from typing import Any
 from urllib.parse import quote, urlencode
 
 import aio_pika
 from aio_pika.abc import AbstractRobustConnection
+from yarl import URL
 
 from broker_adapter.errors import TransportError
+from broker_adapter.transport.coalesce import CoalescingTLSTransportFactory, WriteStats
 from broker_adapter.transport.settings import BrokerSettings
 from broker_adapter.transport.tls import client_ssl_context
 
 log = logging.getLogger("broker_adapter.transport")
+
+
+class CoalescingRobustConnection(aio_pika.RobustConnection):
+    """aio-pika's robust connection over our coalescing TLS transport (``coalesce.py``).
+
+    aio-pika keeps only the keyword arguments it knows and turns the rest into URL query
+    parameters, so the factory is set on the arguments it hands to aiormq for every
+    (re)connection: each new socket gets a coalescing writer.
+    """
+
+    def __init__(self, url: URL, loop: Any = None, **kwargs: Any) -> None:
+        super().__init__(url, loop=loop, **kwargs)
+        self._factory = CoalescingTLSTransportFactory()
+        self.kwargs["transport_factory"] = self._factory
+
+    async def _on_connected(self) -> None:
+        # Called for the first connection and every reconnection, before channels are restored.
+        if self.transport is not None:
+            unbound_write_queue(self.transport.connection.write_queue)
+        await super()._on_connected()
+
+    @property
+    def write_stats(self) -> WriteStats:
+        """Chunks aiormq wrote and socket writes they took, over all of this connection's
+        sockets (chunks / writes = how many frames each write carried on average)."""
+        return self._factory.stats
+
+
+def unbound_write_queue(queue: asyncio.Queue[Any]) -> None:
+    """Lift aiormq's 10-frame bound on a connection's write queue.
+
+    aiormq puts each publish's frames on this queue while holding the channel's lock. Once ten
+    frames wait (any burst of more than ten publishes in one loop turn), the next publisher
+    blocks on the full queue *holding the lock*, and from then on asyncio's lock hands over to
+    one waiter per loop turn: the channel publishes one message per turn and every frame gets a
+    socket write of its own (measured: 2,000 concurrent publishes took 1,917 writes; unbounded,
+    27 writes and two thirds of the time). The bound is no flow control anyway: the writer task
+    never waits for the socket for a ``wait=False`` publish. What bounds memory is the callers'
+    own concurrency (each waits for its confirm) and the writer's ``max_pending`` block.
+    ``asyncio.Queue`` has no public setter for ``maxsize``; ``_maxsize`` is what ``full()``
+    and ``put()`` read (a test checks the effect, so a change in either library shows up).
+    """
+    if isinstance(queue, asyncio.Queue) and hasattr(queue, "_maxsize"):
+        queue._maxsize = 0
 
 
 def amqp_url(settings: BrokerSettings, *, connection_name: str | None = None) -> str:
@@ -36,12 +84,16 @@ async def connect(
     """Open a robust connection, or raise ``TransportError`` with the broker's reason."""
     ctx = client_ssl_context(settings.ca_file, settings.cert_file, settings.key_file)
     url = amqp_url(settings, connection_name=connection_name)
+    connection_class = (
+        CoalescingRobustConnection if settings.coalesce_writes else aio_pika.RobustConnection
+    )
     try:
         connection = await aio_pika.connect_robust(
             url,
             ssl_context=ctx,
             timeout=settings.connect_timeout_s,
             reconnect_interval=settings.reconnect_interval_s,
+            connection_class=connection_class,
         )
     except Exception as exc:  # aiormq raises many unrelated types for a refused login.
         raise TransportError(f"cannot connect to {settings.host}:{settings.port}: {exc!r}") from exc

@@ -13,11 +13,11 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from broker_adapter.errors import (
     PublishNackedError,
@@ -76,8 +76,10 @@ class Publisher:
         self._link_retries = link_retries
         self._retry_wait_s = retry_wait_s
         self._channel: AbstractChannel | None = None
-        self._exchanges: dict[str, AbstractExchange] = {}
-        self._lock = asyncio.Lock()
+        # One opening at a time, awaited by every publisher that needs the channel. Not a lock:
+        # an asyncio.Lock wakes one waiter per loop turn, so 300 publishes that arrived while
+        # the channel opened would leave one per turn, each with a socket write of its own.
+        self._opening: asyncio.Future[AbstractChannel] | None = None
         # Labelled "confirmed" counters per exchange, looked up once (the hot path).
         self._m_confirmed: dict[str, Any] = {}
 
@@ -86,25 +88,27 @@ class Publisher:
         return self._identity
 
     async def _ensure_channel(self) -> AbstractChannel:
-        async with self._lock:
-            if self._channel is None or self._channel.is_closed:
-                # A closed channel (for example after the broker refused something) is replaced
-                # by a fresh one; the robust connection waits for the link itself.
-                self._channel = await self._connection.channel(
-                    publisher_confirms=True, on_return_raises=True
-                )
-                self._exchanges.clear()
-            return self._channel
+        channel = self._channel
+        if channel is not None and not channel.is_closed:
+            return channel
+        if self._opening is None:
+            self._opening = asyncio.ensure_future(self._open_channel())
+            # Retrieved here too, for the case that every waiter has given up.
+            self._opening.add_done_callback(lambda f: f.cancelled() or f.exception())
+        # Shielded: a caller that gives up does not cancel the opening the others wait for.
+        return await asyncio.shield(self._opening)
 
-    async def _exchange(self, name: str) -> AbstractExchange:
-        channel = await self._ensure_channel()
-        exchange = self._exchanges.get(name)
-        if exchange is None:
-            # Exchanges are declared by the broker definitions; clients have no configure
-            # permission, so we only reference them by name.
-            exchange = await channel.get_exchange(name, ensure=False)
-            self._exchanges[name] = exchange
-        return exchange
+    async def _open_channel(self) -> AbstractChannel:
+        try:
+            # A closed channel (for example after the broker refused something) is replaced
+            # by a fresh one; the robust connection waits for the link itself.
+            channel = await self._connection.channel(
+                publisher_confirms=True, on_return_raises=True
+            )
+            self._channel = channel
+            return channel
+        finally:
+            self._opening = None
 
     async def publish(
         self,
@@ -132,12 +136,22 @@ class Publisher:
         while True:
             attempt += 1
             try:
-                target = await self._exchange(exchange)
-                await target.publish(
-                    amqp_message,
+                channel = await self._ensure_channel()
+                # aiormq directly (what aio-pika's Exchange.publish calls) for ``wait=False``:
+                # with the default, aiormq holds the channel lock until the frame has been
+                # written, so a channel has one publish on its way at a time and frames can
+                # never share a socket write (transport/coalesce.py). Exchanges come from the
+                # broker definitions and are named, never declared (no configure permission).
+                # The abstract type lacks ``wait``; aio-pika's channels are aiormq Channels.
+                underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
+                await underlay.basic_publish(
+                    amqp_message.body,
+                    exchange=exchange,
                     routing_key=routing_key,
+                    properties=amqp_message.properties,
                     mandatory=mandatory,
                     timeout=self._confirm_timeout_s,
+                    wait=False,
                 )
                 confirmed = self._m_confirmed.get(exchange)
                 if confirmed is None:
