@@ -116,10 +116,31 @@ class Consumer:
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         self._acks.delivered(message)
-        task = asyncio.current_task()
-        if task is not None:
-            self._in_flight.add(task)
-            self._idle.clear()
+        # aiormq runs this callback as a task of the channel and cancels it when the channel
+        # closes (a cut link, a broker restart). Cancelled halfway, a handling would give up a
+        # replay claim whose work was already done (a key derived, an audit line written),
+        # and the broker's redelivery would do it all again. So the handling runs in a task
+        # of its own that the channel's closing does not cancel: it finishes, records the
+        # message as done, and the redelivery is acked as a harmless duplicate (the ack of the
+        # first handling is void with its channel). Only ``stop`` cancels handlings, after its
+        # drain timeout. Found by the link-fault soak scenario (docs/reliability.md).
+        handling = asyncio.get_running_loop().create_task(self._tracked(message))
+        self._in_flight.add(handling)
+        self._idle.clear()
+        handling.add_done_callback(self._handling_done)
+        await asyncio.shield(handling)
+
+    def _handling_done(self, handling: asyncio.Task[None]) -> None:
+        self._in_flight.discard(handling)
+        if not self._in_flight:
+            self._idle.set()
+        # Nobody may be awaiting it any more (its channel task was cancelled): retrieve the
+        # outcome here so a failure is never left unreported.
+        if not handling.cancelled() and handling.exception() is not None:
+            log.error("handling failed", exc_info=handling.exception(),
+                      extra={"queue": self._queue_name})
+
+    async def _tracked(self, message: AbstractIncomingMessage) -> None:
         self._m_in_flight.inc()
         started = time.perf_counter()
         try:
@@ -127,10 +148,6 @@ class Consumer:
         finally:
             self._m_handler_seconds.observe(time.perf_counter() - started)
             self._m_in_flight.dec()
-            if task is not None:
-                self._in_flight.discard(task)
-                if not self._in_flight:
-                    self._idle.set()
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         delivery = to_delivery(message, self._queue_name)

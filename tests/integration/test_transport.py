@@ -284,3 +284,52 @@ async def test_stock_connection_is_available_without_coalescing(broker: Any, pki
         await publisher.close()
     finally:
         await connection.close()
+
+
+async def test_a_cut_link_does_not_cancel_a_handling_under_way(
+    broker: Any, pki: Any, clean_queues: None
+) -> None:
+    # aiormq cancels consumer callbacks when their channel closes. A handling cancelled halfway
+    # gives up its replay claim after its work is done, and the redelivery does the work again
+    # (seen once in the link-fault soak). The consumer runs each handling in a task of its own:
+    # it finishes; the broker redelivers the message, whose first ack died with the channel.
+    from reliability.proxy import TcpProxy
+
+    proxy = TcpProxy([(broker.host, broker.port)])
+    await proxy.start()
+    net_conn = await connect(party_settings(broker, pki, NET, host=proxy.host, port=proxy.port))
+    af_conn = await connect(party_settings(broker, pki, AF))
+    af_pub = Publisher(af_conn, AF, confirm_timeout_s=5)
+    started, release = asyncio.Event(), asyncio.Event()
+    finished: list[bool] = []
+    deliveries: list[bool] = []
+
+    async def slow(delivery: Delivery) -> Outcome:
+        deliveries.append(delivery.redelivered)
+        if len(deliveries) == 1:
+            started.set()
+            await release.wait()  # the link is cut while we are here
+            finished.append(True)
+        return Ack()
+
+    consumer = Consumer(net_conn, "network.requests", slow,
+                        publisher=Publisher(net_conn, NET), prefetch=4)
+    try:
+        await consumer.start()
+        await af_pub.publish("akma.requests", "network", _msg(b"under way"))
+        await asyncio.wait_for(started.wait(), 10)
+        assert proxy.cut() >= 1
+        await asyncio.sleep(0.5)  # the client has seen the link go
+        proxy.restore()
+        release.set()
+        deadline = asyncio.get_running_loop().time() + 30
+        while len(deliveries) < 2 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.1)
+        assert finished == [True], "the handling was cancelled by the cut"
+        assert deliveries == [False, True]  # redelivered once: the first ack died with the link
+    finally:
+        await consumer.stop(drain_timeout_s=2)
+        await af_pub.close()
+        await af_conn.close()
+        await net_conn.close()
+        await proxy.close()
