@@ -25,6 +25,11 @@ def headline(results: dict[str, Any]) -> dict[str, float]:
             out["throughput_ratio"] = variants["secured_sqlite"]["ratio_to_plain"]
         if "secured_redis" in variants:
             out["throughput_ratio_redis"] = variants["secured_redis"]["ratio_to_plain"]
+        if "transport" in variants and "secured_sqlite" in variants:
+            # Not a target: the security's own cost over our shell (the headline ratio also
+            # contains what our shell gains over stock aio-pika).
+            out["secured_vs_transport_ratio"] = (
+                variants["secured_sqlite"]["msg_per_s"] / variants["transport"]["msg_per_s"])
         if "plain_signed" in variants:
             # Not a target: the ceiling that one signature per message alone leaves any
             # secured path on this machine (docs/benchmarks.md).
@@ -68,7 +73,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines += ["", "## Targets", "", "| metric | value | target | met |", "|---|---:|---:|---|"]
     for name, v in results["targets"].items():
         lines.append(f"| `{name}` | {v['value']:.2f} | {v['target']} | {'yes' if v['met'] else 'NO'} |")
-    for name in ("signature_floor_ratio", "worker_scaling"):
+    for name in ("signature_floor_ratio", "secured_vs_transport_ratio", "worker_scaling"):
         if name in results["metrics"]:
             lines.append(f"| `{name}` | {results['metrics'][name]:.2f} | (reported) | |")
     tp = results.get("throughput")
@@ -76,14 +81,17 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", (f"## Throughput ({tp['count']} messages of {tp['body_bytes']} bytes, "
                        f"window {tp['window']}, prefetch {tp['prefetch']})"), "",
                   ("| variant | msg/s | ratio to plain | producer CPU us/msg | consumer CPU us/msg "
-                   "| broker CPU us/msg | runs |"),
-                  "|---|---:|---:|---:|---:|---:|---|"]
+                   "| broker CPU us/msg | frames per write (producer) | runs |"),
+                  "|---|---:|---:|---:|---:|---:|---:|---|"]
         for name, row in tp["variants"].items():
             broker = row.get("broker_cpu_us_per_msg")
+            # "-": stock aio-pika's transport, one socket write per frame.
+            fpw = row.get("producer_frames_per_write")
             lines.append(
                 f"| {name} | {row['msg_per_s']:.0f} | {row['ratio_to_plain']:.2f} | "
                 f"{row['producer_cpu_us_per_msg']:.0f} | {row['consumer_cpu_us_per_msg']:.0f} | "
                 f"{'-' if broker is None else f'{broker:.0f}'} | "
+                f"{'-' if fpw is None else f'{fpw:.0f}'} | "
                 f"{', '.join(f'{x:.0f}' for x in row['runs_msg_per_s'])} |")
     lat = results.get("latency")
     if lat:

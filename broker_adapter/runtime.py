@@ -67,10 +67,13 @@ class SecuritySettings(BaseModel):
     # Trust material (CA, CRL, peer certificates) is re-read this often without a restart.
     trust_reload_s: float = Field(default=60.0, gt=0)
     # Open envelopes (checks 1-7) on one worker thread instead of the event loop, a loop turn's
-    # deliveries as one batch (ECDSA verification and AES-GCM release the GIL). On the 2-core
-    # bench machine: +11 % for a stream consumer, but +0.4 ms on every K_AF request at low load
-    # (docs/benchmarks.md). Off by default; turn it on for consumers of message streams.
-    open_in_thread: bool = False
+    # deliveries as one batch (ECDSA verification and AES-GCM release the GIL), so the loop
+    # moves frames and replay claims meanwhile. Only batches of at least
+    # ``open_thread_min_batch`` deliveries go to the thread: a lone request is opened on the
+    # loop, where it waits for no hand-off (that cost +0.4 ms per K_AF request at low load when
+    # every batch went to the thread). Measured in docs/benchmarks.md.
+    open_in_thread: bool = True
+    open_thread_min_batch: int = Field(default=4, ge=1)
 
 
 @dataclass
@@ -180,7 +183,8 @@ async def open_secure_party(
         else None
     )
     endpoint = SecureEndpoint(
-        codec=codec, guard=guard, publisher=publisher, open_executor=executor
+        codec=codec, guard=guard, publisher=publisher, open_executor=executor,
+        open_executor_min_batch=security.open_thread_min_batch,
     )
     party = SecureParty(connection, publisher, endpoint, trust, store, _executor=executor)
     party._tasks.append(

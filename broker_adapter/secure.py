@@ -87,6 +87,7 @@ class SecureEndpoint:
         guard: ReplayGuard,
         publisher: Publisher,
         open_executor: Executor | None = None,
+        open_executor_min_batch: int = 1,
     ) -> None:
         if publisher.identity != codec.identity.name:
             raise BrokerAdapterError(
@@ -102,6 +103,9 @@ class SecureEndpoint:
         # epoch-key cache is not made for concurrent opens. See docs/benchmarks.md for when
         # it pays (the hand-off itself costs tens of microseconds).
         self._open_executor = open_executor
+        # Batches smaller than this are opened on the loop after all: for a lone request the
+        # hand-off and the thread's wake-up cost more latency than the verification it moves.
+        self._open_executor_min_batch = max(1, open_executor_min_batch)
         self._open_batches: TurnBatcher[Delivery, OpenedMessage] | None = (
             # Not a coded error on purpose: a dead executor says nothing about the message, so
             # the consumer requeues it (a coded error would dead-letter it).
@@ -189,6 +193,8 @@ class SecureEndpoint:
     async def _open_on_executor(
         self, deliveries: list[Delivery]
     ) -> list[OpenedMessage | Exception]:
+        if len(deliveries) < self._open_executor_min_batch:
+            return self._open_all(deliveries)
         return await asyncio.get_running_loop().run_in_executor(
             self._open_executor, self._open_all, deliveries
         )

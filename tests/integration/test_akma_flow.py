@@ -78,15 +78,23 @@ async def test_twenty_concurrent_calls_make_one_request(broker: Any, pki: Any, t
         assert _served_keys() - before == 1
 
 
-async def test_envelopes_opened_on_a_worker_thread(broker: Any, pki: Any, tmp_path: Path) -> None:
-    # SecuritySettings.open_in_thread: checks 1-7 run on one worker thread, a loop turn's
-    # deliveries as one batch. Same answers, same refusals, on both sides.
+@pytest.mark.parametrize(
+    "opening",
+    [{"open_in_thread": True, "open_thread_min_batch": 1}, {"open_in_thread": False}],
+    ids=["every-batch-on-the-thread", "all-on-the-loop"],
+)
+async def test_envelopes_opened_on_a_worker_thread_or_on_the_loop(
+    broker: Any, pki: Any, tmp_path: Path, opening: dict[str, Any]
+) -> None:
+    # SecuritySettings.open_in_thread / open_thread_min_batch: by default a loop turn's
+    # deliveries go to the envelope thread once there are 4 of them. The two ends of that
+    # setting give the same answers and the same refusals, on both sides.
     ues = [_ue(f"imsi-00101000000{i:04d}") for i in range(12)]
-    async with h.network(broker, pki, tmp_path, open_in_thread=True), \
+    async with h.network(broker, pki, tmp_path, **opening), \
             h.ausf(broker, pki, tmp_path) as ausf, \
-            h.af(broker, pki, "af1.example.com", tmp_path, open_in_thread=True) as af1, \
+            h.af(broker, pki, "af1.example.com", tmp_path, **opening) as af1, \
             h.af(broker, pki, "af2.example.com", tmp_path, af_fqdn="af1.example.com",
-                 open_in_thread=True) as rogue:
+                 **opening) as rogue:
         for ue in ues:
             await ausf.register(ue.anchor_key_info())
         keys = await asyncio.gather(*(af1.client.get_application_key(ue.a_kid) for ue in ues))

@@ -89,3 +89,27 @@ async def test_batches_follow_loop_turns(batch: int) -> None:
             await asyncio.gather(*(endpoint.open_async(_delivery(d, "af1.example.com"))
                                    for d in data))
     assert handoffs == [batch, batch]
+
+
+async def test_small_batches_stay_on_the_loop() -> None:
+    # open_executor_min_batch=4: a lone request (or three) is opened inline, where it waits for
+    # no hand-off; four or more go to the thread as one batch. Verdicts are the same either way.
+    sender, receiver, guard = _world()
+    handoffs: list[int] = []
+
+    class CountingPool(ThreadPoolExecutor):
+        def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+            handoffs.append(len(args[0]))
+            return super().submit(fn, *args, **kwargs)
+
+    with CountingPool(max_workers=1) as pool:
+        endpoint = SecureEndpoint(codec=receiver, guard=guard,
+                                  publisher=Publisher(cast(Any, _NoBroker()), "network"),
+                                  open_executor=pool, open_executor_min_batch=4)
+        for batch in (1, 3, 4, 6):
+            sealed = [sender.encode(recipient="network", msg_type="akma.t", body=bytes([i]))
+                      for i in range(batch)]
+            opened = await asyncio.gather(
+                *(endpoint.open_async(_delivery(s.data, "af1.example.com")) for s in sealed))
+            assert [o.msg_id for o in opened] == [s.msg_id for s in sealed]
+    assert handoffs == [4, 6]
