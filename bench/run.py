@@ -118,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             broker = LocalBroker(args.work / "broker", pki)
             if broker.is_running():
                 broker.stop()
+            # A node without earlier runs' queue logs and segments: every run starts alike.
+            shutil.rmtree(args.work / "broker" / "mnesia", ignore_errors=True)
             _log("== starting the bench broker (isolated TLS RabbitMQ node)")
             endpoint = broker.start()
             _log(f"   ready in {broker.boot_seconds}s at {endpoint.amqp_url}")
