@@ -16,6 +16,8 @@ Modes of the throughput roles:
   alone puts under any secured path on this machine;
 - ``transport``: our ``Publisher``/``Consumer`` with plain bodies over our connection (our
   shell with its coalesced writes, no security);
+- ``transport_signed``: ``transport`` plus the one signature and verification of
+  ``plain_signed``: the per-message-signature floor on our own shell;
 - ``secured``: ``SecureEndpoint.seal`` + ``Publisher`` on one side, ``Consumer`` +
   ``SecureEndpoint.guarded`` (open, checks 1-7, replay claim and completion) on the other.
 """
@@ -138,17 +140,20 @@ async def producer(config: dict[str, Any]) -> None:
                 mandatory=True,
             )
 
-    elif mode == "transport":
+    elif mode in ("transport", "transport_signed"):
         connection = await connect(broker)
         closers.append(connection.close)
         publisher = Publisher(connection, broker.identity)
         closers.insert(0, publisher.close)
+        signed = mode == "transport_signed"
 
         async def send(i: int) -> None:
+            payload = body + _FLOOR_KEY.sign(body, _ECDSA) if signed else body
             await publisher.publish(
                 REQUEST_EXCHANGE,
                 NETWORK,
-                OutgoingMessage(body=body, message_id=secrets.token_hex(16), msg_type=BENCH_MSG_TYPE),
+                OutgoingMessage(body=payload, message_id=secrets.token_hex(16),
+                                msg_type=BENCH_MSG_TYPE),
             )
 
     else:
@@ -221,12 +226,18 @@ async def consumer(config: dict[str, Any]) -> None:
 
         await queue.consume(on_message, no_ack=False)
     else:
-        if mode == "transport":
+        if mode in ("transport", "transport_signed"):
             connection = await connect(broker)
             publisher = Publisher(connection, broker.identity)
             closers += [publisher.close, connection.close]
+            verify = mode == "transport_signed"
+            public = _FLOOR_KEY.public_key()
+            body_len = int(config["body_bytes"])
 
             async def handler(delivery: Delivery) -> Outcome:
+                if verify:
+                    data = delivery.body
+                    public.verify(data[body_len:], data[:body_len], _ECDSA)
                 counter.hit()
                 return Ack()
 

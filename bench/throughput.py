@@ -22,6 +22,8 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
     # plain + one ECDSA P-256 signature per message, verified: the per-message-signature floor.
     "plain_signed": ("plain_signed", "memory", {}),
     "transport": ("transport", "memory", {}),
+    # transport + the same one signature and verification: the floor on our own shell.
+    "transport_signed": ("transport_signed", "memory", {}),
     # The secured variants with the default settings: checks 1-7 of a loop turn's deliveries
     # on the envelope thread once there are at least ``open_thread_min_batch`` of them.
     "secured_sqlite": ("secured", "sqlite", {}),
@@ -34,7 +36,7 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
 # "transport" (our shell with plain bodies) separates what the shell gains over stock aio-pika
 # from what the security costs.
 DEFAULT_VARIANTS = (
-    "plain", "plain_signed", "transport", "secured_sqlite", "secured_redis",
+    "plain", "plain_signed", "transport", "transport_signed", "secured_sqlite", "secured_redis",
     "secured_sqlite_inline",
 )
 
