@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 
 from as_side.service import AfService
 from as_side.settings import AfSettings
 from broker_adapter.runtime import open_secure_party
-from broker_adapter.worker import configure_logging, run_until_signalled, start_metrics
+from broker_adapter.worker import configure_logging, run_until_signalled, run_worker, start_metrics
 from network_side.akma import make_af_id
 
 
@@ -37,7 +36,7 @@ def main() -> None:
     settings = AfSettings()  # type: ignore[call-arg]  # filled from env and file
     configure_logging(settings.log_level)
     start_metrics(settings.metrics_port)
-    asyncio.run(run_until_signalled(lambda: _start(settings)))
+    run_worker(run_until_signalled(lambda: _start(settings)), settings.event_loop)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@ named by ``AKMA_AF_CONFIG_FILE`` (the environment wins)."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -30,3 +32,5 @@ class AfSettings(EnvAndTomlSettings):
     demo_reveal_keys: bool = False
     metrics_port: int | None = None
     log_level: str = "INFO"
+    # "auto": uvloop where installed, else asyncio's loop (broker_adapter.worker.run_worker).
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 from broker_adapter.runtime import open_secure_party, system_clock_ms
-from broker_adapter.worker import configure_logging, run_until_signalled, start_metrics
+from broker_adapter.worker import configure_logging, run_until_signalled, run_worker, start_metrics
 from network_side.aanf import Aanf, AanfConfig
 from network_side.af_registry import AfRegistry
 from network_side.audit import AuditLog
@@ -55,7 +55,7 @@ def main() -> None:
     settings = NetworkSettings()  # type: ignore[call-arg]  # filled from env and file
     configure_logging(settings.log_level)
     start_metrics(settings.metrics_port)
-    asyncio.run(run_until_signalled(lambda: _start(settings)))
+    run_worker(run_until_signalled(lambda: _start(settings)), settings.event_loop)
 
 
 if __name__ == "__main__":

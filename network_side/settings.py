@@ -7,6 +7,7 @@ named by ``AKMA_NET_CONFIG_FILE`` supplies the same keys; the environment wins o
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -32,6 +33,8 @@ class NetworkSettings(EnvAndTomlSettings):
     prefetch: int = Field(default=64, ge=1)
     metrics_port: int | None = None
     log_level: str = "INFO"
+    # "auto": uvloop where installed, else asyncio's loop (broker_adapter.worker.run_worker).
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
 
 
 def read_master_key(path: Path) -> bytes:

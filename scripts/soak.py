@@ -8,14 +8,15 @@ scenario passed: no forgery accepted, nothing lost, nothing processed twice.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 import time
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from broker_adapter.worker import JsonFormatter
+from broker_adapter.worker import JsonFormatter, run_worker
 from reliability.result import (
     FULL,
     SMALL,
@@ -45,6 +46,18 @@ def _log_to_file(path: Path) -> Path:
     return path
 
 
+def _run(scenario: Coroutine[Any, Any, ScenarioResult]) -> ScenarioResult:
+    """Run one scenario on the loop the workers run on (``run_worker``'s default), so the
+    in-process parties meet faults the way deployed workers would."""
+    out: list[ScenarioResult] = []
+
+    async def keep() -> None:
+        out.append(await scenario)
+
+    run_worker(keep())
+    return out[0]
+
+
 def main() -> int:
     registry = _registry()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -60,7 +73,7 @@ def main() -> int:
         print(f"-- {name} ({scale.name})", flush=True)
         started = time.monotonic()
         try:
-            result = asyncio.run(registry[name](scale))
+            result = _run(registry[name](scale))
         except Exception as exc:  # noqa: BLE001 - one broken scenario must not hide the others
             result = ScenarioResult(name, lost=-1, notes=f"scenario crashed: {exc!r}")
         result.seconds = result.seconds or time.monotonic() - started
