@@ -60,7 +60,7 @@ from broker_adapter.transport import (
     Publisher,
     connect,
 )
-from broker_adapter.worker import configure_logging
+from broker_adapter.worker import configure_logging, run_worker
 from network_side.aanf import Aanf, AanfConfig
 from network_side.af_registry import AfRegistry
 from network_side.audit import AuditLog
@@ -366,7 +366,10 @@ ROLES: dict[str, Callable[[dict[str, Any]], Coroutine[Any, Any, None]]] = {
 
 def main(argv: list[str]) -> int:
     role, config = argv[0], json.loads(argv[1])
-    asyncio.run(ROLES[role](config))
+    # Stock aio-pika runs on asyncio's own loop, as a plain aio-pika application would; our
+    # parties run on the loop our workers choose (``run_worker``: uvloop where installed).
+    stock = config.get("mode") in ("plain", "plain_signed")
+    run_worker(ROLES[role](config), "asyncio" if stock else config.get("event_loop", "auto"))
     return 0
 
 

@@ -27,7 +27,13 @@ from bench.pieces import run_pieces
 from bench.redis_util import RedisPrefix
 from bench.report import headline, verdicts, write_all
 from bench.scaling import ScalingConfig, run_scaling
-from bench.throughput import DEFAULT_VARIANTS, VARIANTS, ThroughputConfig, run_throughput
+from bench.throughput import (
+    ASYNCIO_LOOP_VARIANTS,
+    DEFAULT_VARIANTS,
+    VARIANTS,
+    ThroughputConfig,
+    run_throughput,
+)
 from infra.local_broker import LocalBroker
 from infra.pki import ensure_dev_pki
 
@@ -89,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rounds must be positive")
     sizes = _sizes(args.quick, args.tiny)
     tp_variants = tuple(args.tp_variants.split(",")) if args.tp_variants else DEFAULT_VARIANTS
-    if set(tp_variants) - set(VARIANTS) or "plain" not in tp_variants:
-        parser.error(f"throughput variants must include plain and be among {list(VARIANTS)}")
+    known = [*VARIANTS, *ASYNCIO_LOOP_VARIANTS]
+    if set(tp_variants) - set(known) or "plain" not in tp_variants:
+        parser.error(f"throughput variants must include plain and be among {known}")
     mode = "tiny" if args.tiny else "quick" if args.quick else "full"
     started = time.monotonic()
     results: dict[str, Any] = {
