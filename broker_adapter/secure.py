@@ -109,7 +109,7 @@ class SecureEndpoint:
         self._open_batches: TurnBatcher[Delivery, OpenedMessage] | None = (
             # Not a coded error on purpose: a dead executor says nothing about the message, so
             # the consumer requeues it (a coded error would dead-letter it).
-            TurnBatcher(self._open_on_executor,
+            TurnBatcher(self._open_batch,
                         lambda exc: RuntimeError(f"envelope executor failed: {exc!r}"))
             if open_executor is not None else None
         )
@@ -190,9 +190,10 @@ class SecureEndpoint:
             return self.open(delivery)
         return await self._open_batches.submit(delivery)
 
-    async def _open_on_executor(
+    async def _open_batch(
         self, deliveries: list[Delivery]
     ) -> list[OpenedMessage | Exception]:
+        """One loop turn's deliveries: on the executor, or inline if there are too few."""
         if len(deliveries) < self._open_executor_min_batch:
             return self._open_all(deliveries)
         return await asyncio.get_running_loop().run_in_executor(

@@ -89,8 +89,9 @@ def run_worker(main: Coroutine[Any, Any, None], event_loop: EventLoopChoice = "a
     """Run a worker's main coroutine to the end on the chosen event loop.
 
     uvloop does the loop's own work per message (callbacks, futures, socket and TLS I/O) in C:
-    on the 2-core bench machine the secured stream consumer used about a fifth less CPU per
-    message with it (docs/benchmarks.md). Everything above the loop is the same code either way.
+    on the 2-core bench machine the secured stream consumer used 7-12 % less CPU per message
+    with it (docs/benchmarks.md, item 11). Everything above the loop is the same code either
+    way.
     """
     if event_loop != "asyncio":
         try:

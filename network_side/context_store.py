@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -281,16 +281,21 @@ class SqliteContextStore:
 
         return self._write(tx)
 
-    def get(self, a_kid: str) -> AkmaContext | None:
+    def _read_one(self, sql: str, params: tuple[object, ...]) -> tuple[Any, ...] | None:
+        """One row of a plain read (no transaction, no write lock on the file)."""
         with self._lock:
             try:
-                row = self._db.execute(
-                    "SELECT supi, gpsi, k_akma_sealed, created_at_ms, expires_at_ms"
-                    " FROM akma_context WHERE a_kid = ?",
-                    (a_kid,),
-                ).fetchone()
+                row: tuple[Any, ...] | None = self._db.execute(sql, params).fetchone()
             except sqlite3.Error as exc:
                 raise StoreError(f"context store read failed: {exc}") from None
+        return row
+
+    def get(self, a_kid: str) -> AkmaContext | None:
+        row = self._read_one(
+            "SELECT supi, gpsi, k_akma_sealed, created_at_ms, expires_at_ms"
+            " FROM akma_context WHERE a_kid = ?",
+            (a_kid,),
+        )
         if row is None:
             return None
         supi, gpsi, blob, created, expires = row
@@ -312,15 +317,9 @@ class SqliteContextStore:
     def record_fetch(self, a_kid: str, af_identity: str, at_ms: int) -> None:
         # Most fetches repeat an (A-KID, AF) pair already on record, and the first fetch time is
         # kept anyway: a plain read answers that without taking the write lock and committing.
-        with self._lock:
-            try:
-                known = self._db.execute(
-                    "SELECT 1 FROM akma_fetch WHERE a_kid = ? AND af_identity = ?",
-                    (a_kid, af_identity),
-                ).fetchone()
-            except sqlite3.Error as exc:
-                raise StoreError(f"context store read failed: {exc}") from None
-        if known is not None:
+        if self._read_one(
+            "SELECT 1 FROM akma_fetch WHERE a_kid = ? AND af_identity = ?", (a_kid, af_identity)
+        ) is not None:
             return
 
         def tx(db: sqlite3.Connection) -> None:
