@@ -203,7 +203,7 @@ class Child:
             # Sampling profile of every child (py-spy, collapsed stacks), for bench/profile.py.
             spy = Path(sys.executable).with_name("py-spy")
             out = Path(profile_dir) / f"{label}.txt"
-            argv = [str(spy), "record", "--format", "raw", "--rate", "250", "--nonblocking",
+            argv = [str(spy), "record", "--format", "raw", "--rate", "250", "--nonblocking", "--threads",
                     "-o", str(out), "--", *argv]
         return cls(label, argv, work / f"{label}.log")
 
