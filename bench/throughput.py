@@ -30,6 +30,9 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "secured_redis": ("secured", "redis", {}),
     # Every envelope opened on the event loop (open_in_thread off).
     "secured_sqlite_inline": ("secured", "sqlite", {"open_in_thread": False}),
+    # The consumer taking one delivery at a time (``Consumer(handler)`` with ``guarded``)
+    # instead of a loop turn's deliveries as batches (``guarded_batch``, the default).
+    "secured_sqlite_single": ("secured_single", "sqlite", {}),
 }
 # Variants whose processes run on asyncio's own loop instead of the workers' default (uvloop
 # where installed), to show what the loop itself gives.
@@ -41,7 +44,7 @@ ASYNCIO_LOOP_VARIANTS = {"secured_sqlite_asyncio": "secured_sqlite"}
 # from what the security costs.
 DEFAULT_VARIANTS = (
     "plain", "plain_signed", "transport", "transport_signed", "secured_sqlite", "secured_redis",
-    "secured_sqlite_inline", "secured_sqlite_asyncio",
+    "secured_sqlite_inline", "secured_sqlite_single", "secured_sqlite_asyncio",
 )
 
 
@@ -104,6 +107,10 @@ def _one_run(dep: Deployment, variant: str, cfg: ThroughputConfig, run: int,
         "publish_msg_per_s": cfg.count / (p["end_ts"] - p["start_ts"]),
         "producer_cpu_us_per_msg": p["cpu_s"] / cfg.count * 1e6,
         "consumer_cpu_us_per_msg": c["cpu_s"] / cfg.count * 1e6,
+        # The consumer's event-loop thread alone; the rest is the envelope thread's. Its share
+        # of the wall time says whether the loop is what limits the rate.
+        "consumer_loop_cpu_us_per_msg": c["loop_cpu_s"] / cfg.count * 1e6,
+        "consumer_loop_busy": c["loop_cpu_s"] / max(c["last_ts"] - c["first_ts"], 1e-9),
         "rejected": c["rejected"],
         # Frames per socket write on our coalescing connection (None on stock aio-pika).
         "producer_frames_per_write": p.get("chunks_per_write"),
@@ -128,13 +135,15 @@ def run_throughput(dep: Deployment, cfg: ThroughputConfig, redis: RedisPrefix | 
             result = _one_run(dep, variant, cfg, round_, redis)
             runs[variant].append(result)
             log(f"  throughput {variant:15s} round {round_ + 1}: {result['msg_per_s']:8.0f} msg/s "
-                f"(consumer CPU {result['consumer_cpu_us_per_msg']:.0f} us/msg, "
+                f"(consumer CPU {result['consumer_cpu_us_per_msg']:.0f} us/msg, loop "
+                f"{result['consumer_loop_cpu_us_per_msg']:.0f} us/msg, busy "
+                f"{result['consumer_loop_busy']:.0%}, "
                 f"{time.monotonic() - started:.1f} s)")
     out: dict[str, Any] = {"count": cfg.count, "window": cfg.window, "prefetch": cfg.prefetch,
                            "body_bytes": BODY_BYTES, "rounds": cfg.rounds, "variants": {}}
     for variant, results in runs.items():
         keys = ["msg_per_s", "publish_msg_per_s", "producer_cpu_us_per_msg",
-                "consumer_cpu_us_per_msg"]
+                "consumer_cpu_us_per_msg", "consumer_loop_cpu_us_per_msg", "consumer_loop_busy"]
         for optional in ("broker_cpu_us_per_msg", "producer_frames_per_write",
                          "consumer_frames_per_write"):
             if all(r.get(optional) is not None for r in results):

@@ -11,6 +11,9 @@ class BrokerAdapterError(Exception):
     """Root of every error raised by ``broker_adapter``."""
 
     code: str = "broker_adapter_error"
+    # True for failures of our infrastructure (the link, the replay store), which say nothing
+    # about the message: a consumer requeues it instead of dead-lettering it.
+    transient: bool = False
 
     def __init__(self, detail: str = "") -> None:
         super().__init__(f"{self.code}: {detail}" if detail else self.code)
@@ -22,12 +25,14 @@ class BrokerAdapterError(Exception):
 
 class TransportError(BrokerAdapterError):
     code = "transport_error"
+    transient = True
 
 
 class BrokerConfigError(TransportError):
     """Settings or key material for the broker connection are missing or invalid."""
 
     code = "broker_config"
+    transient = False
 
 
 class PublishNackedError(TransportError):

@@ -19,11 +19,12 @@ from __future__ import annotations
 import enum
 import hashlib
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from broker_adapter.envelope_errors import (
+    EnvelopeError,
     FromFutureError,
     ReplayConflictError,
     StaleMessageError,
@@ -37,6 +38,7 @@ __all__ = [
     "TOKEN_BYTES",
     "Claim",
     "ClaimOutcome",
+    "ClaimRequest",
     "Decision",
     "DecisionKind",
     "Entry",
@@ -74,6 +76,7 @@ class ReplayStoreError(BrokerAdapterError):
     """
 
     code = "replay_store_unavailable"
+    transient = True
 
 
 class EntryState(enum.IntEnum):
@@ -194,6 +197,20 @@ class ReplayStore(Protocol):
         """Replace the entry by ``completed_entry(...)``; False if ``token`` lost ownership."""
         ...
 
+    async def claim_many(
+        self, items: Sequence[tuple[bytes, Entry]], now_ms: int
+    ) -> list[Decision | Exception]:
+        """``claim`` for each (key, candidate) in order, in one store round (transaction,
+        pipeline). An item that fails alone gets its exception in its place; a failure of the
+        round raises ``ReplayStoreError``."""
+        ...
+
+    async def complete_many(
+        self, items: Sequence[tuple[bytes, bytes, bytes | None]], now_ms: int
+    ) -> list[bool | Exception]:
+        """``complete`` for each (key, token, response) in order, in one store round."""
+        ...
+
     async def release(self, key: bytes, token: bytes, now_ms: int) -> bool:
         """Delete the entry if ``may_release(...)``; False otherwise."""
         ...
@@ -212,6 +229,16 @@ class ClaimOutcome(enum.Enum):
     # after ``retry_after_ms`` (see docs/replay.md for why neither a plain ack nor an immediate
     # requeue is right).
     DUPLICATE_IN_PROGRESS = "duplicate_in_progress"
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """What the guard needs of an opened message to claim it."""
+
+    sender: str
+    msg_id: bytes
+    digest: bytes
+    timestamp_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,30 +296,70 @@ class ReplayGuard:
         envelope check should already have refused it), and ``ReplayStoreError``.
         """
         now = self._clock()
-        key = replay_key(sender, msg_id)
-        expires_at = timestamp_ms + self.entry_lifetime_ms
+        request = ClaimRequest(sender, msg_id, digest, timestamp_ms)
+        key, candidate = self._candidate(request, now)
+        decision = await self._store.claim(key, candidate, now)
+        return self._claim_from(decision, request, key, candidate.token, now)
+
+    async def claim_many(self, requests: Sequence[ClaimRequest]) -> list[Claim | Exception]:
+        """``claim`` for many messages in one store call (one transaction, one pipeline).
+
+        Each answer is in its request's place: a ``Claim``, or the exception ``claim`` would
+        have raised for that message alone. Raises ``ReplayStoreError`` if the store call as a
+        whole failed (nothing was claimed).
+        """
+        now = self._clock()
+        out: list[Claim | Exception | None] = [None] * len(requests)
+        prepared: list[tuple[int, bytes, Entry]] = []
+        for i, request in enumerate(requests):
+            try:
+                key, candidate = self._candidate(request, now)
+            except (EnvelopeError, ValueError) as exc:
+                out[i] = exc
+                continue
+            prepared.append((i, key, candidate))
+        if prepared:
+            decisions = await self._store.claim_many([(k, c) for _, k, c in prepared], now)
+            for (i, key, candidate), decision in zip(prepared, decisions, strict=True):
+                if isinstance(decision, Exception):
+                    out[i] = decision
+                    continue
+                try:
+                    out[i] = self._claim_from(decision, requests[i], key, candidate.token, now)
+                except ReplayConflictError as exc:
+                    out[i] = exc
+        return [r for r in out if r is not None]
+
+    def _candidate(self, request: ClaimRequest, now: int) -> tuple[bytes, Entry]:
+        key = replay_key(request.sender, request.msg_id)
+        expires_at = request.timestamp_ms + self.entry_lifetime_ms
         # Defence in depth against a caller that skipped or misconfigured check 7: an entry
         # born expired would let the same bytes be processed again, and a far-future timestamp
         # would pin an entry (and memory) for as long as the sender likes.
         if expires_at <= now:
             raise StaleMessageError("timestamp older than the replay horizon")
-        if timestamp_ms > now + 2 * self._skew_ms:
+        if request.timestamp_ms > now + 2 * self._skew_ms:
             raise FromFutureError("timestamp beyond the replay horizon")
-        if len(digest) < DIGEST_BYTES:
+        if len(request.digest) < DIGEST_BYTES:
             raise ValueError(f"digest must be at least {DIGEST_BYTES} bytes")
         token = self._token_source()
         if len(token) != TOKEN_BYTES:
             # Stores rely on the fixed size (the Redis value layout slices it by position).
             raise ValueError(f"token source must return {TOKEN_BYTES} bytes")
-        candidate = Entry(
-            digest=digest[:DIGEST_BYTES],
+        return key, Entry(
+            digest=request.digest[:DIGEST_BYTES],
             state=EntryState.IN_PROGRESS,
             token=token,
             lease_until_ms=now + self._lease_ms,
             expires_at_ms=expires_at,
         )
-        decision = await self._store.claim(key, candidate, now)
+
+    @staticmethod
+    def _claim_from(
+        decision: Decision, request: ClaimRequest, key: bytes, token: bytes, now: int
+    ) -> Claim:
         kind = decision.kind
+        sender, msg_id = request.sender, request.msg_id
         if kind is DecisionKind.CONFLICT:
             raise ReplayConflictError(f"sender {sender!r} reused message id {msg_id.hex()}")
         if kind.claims:
@@ -326,6 +393,15 @@ class ReplayGuard:
         """
         token = _owner_token(claim)
         return await self._store.complete(claim.key, token, response, self._clock())
+
+    async def complete_many(
+        self, completions: Sequence[tuple[Claim, bytes | None]]
+    ) -> list[bool | Exception]:
+        """``complete`` for many claims in one store call; answers in order, as ``claim_many``."""
+        items = [(claim.key, _owner_token(claim), response) for claim, response in completions]
+        if not items:
+            return []
+        return await self._store.complete_many(items, self._clock())
 
     async def release(self, claim: Claim) -> bool:
         """Forget an IN_PROGRESS claim after a transient failure, so a redelivery processes it."""

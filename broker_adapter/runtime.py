@@ -74,6 +74,11 @@ class SecuritySettings(BaseModel):
     # every batch went to the thread). Measured in docs/benchmarks.md.
     open_in_thread: bool = True
     open_thread_min_batch: int = Field(default=4, ge=1)
+    # A loop turn's batch goes to the thread in slices of at most this many, so the loop claims
+    # and acks the first slice while the thread opens the next. Unsliced, a consumer whose
+    # whole prefetch window arrived at once waited for all of it, then the thread waited for
+    # the loop: the two took turns instead of overlapping (docs/benchmarks.md, item 12).
+    open_thread_max_batch: int = Field(default=64, ge=1)
 
 
 @dataclass
@@ -185,6 +190,7 @@ async def open_secure_party(
     endpoint = SecureEndpoint(
         codec=codec, guard=guard, publisher=publisher, open_executor=executor,
         open_executor_min_batch=security.open_thread_min_batch,
+        open_executor_max_batch=security.open_thread_max_batch,
     )
     party = SecureParty(connection, publisher, endpoint, trust, store, _executor=executor)
     party._tasks.append(

@@ -29,9 +29,22 @@ from broker_adapter.codec import EnvelopeCodec
 from broker_adapter.envelope import OpenedMessage
 from broker_adapter.envelope_errors import EnvelopeError
 from broker_adapter.errors import BrokerAdapterError, RequestTimeoutError, TransportError
-from broker_adapter.replay import Claim, ClaimOutcome, ReplayGuard, ReplayStoreError
+from broker_adapter.replay import (
+    Claim,
+    ClaimOutcome,
+    ClaimRequest,
+    ReplayGuard,
+    ReplayStoreError,
+)
 from broker_adapter.transport.consumer import Consumer
-from broker_adapter.transport.delivery import Ack, DeadLetter, Delivery, Outcome, Requeue
+from broker_adapter.transport.delivery import (
+    Ack,
+    DeadLetter,
+    Delivery,
+    Outcome,
+    Requeue,
+    outcome_for_error,
+)
 from broker_adapter.transport.publisher import OutgoingMessage, Publisher
 from broker_adapter.turn_batch import TurnBatcher
 
@@ -70,6 +83,8 @@ class Reply:
 
 
 RequestHandler = Callable[[OpenedMessage], Awaitable[Reply | None]]
+# Accepted messages of a batch with their claims -> one outcome each, in order.
+BatchProcess = Callable[[list[tuple[OpenedMessage, Claim]]], Awaitable[list[Outcome]]]
 NotificationHandler = Callable[[OpenedMessage], Awaitable[None]]
 
 
@@ -88,6 +103,7 @@ class SecureEndpoint:
         publisher: Publisher,
         open_executor: Executor | None = None,
         open_executor_min_batch: int = 1,
+        open_executor_max_batch: int | None = None,
     ) -> None:
         if publisher.identity != codec.identity.name:
             raise BrokerAdapterError(
@@ -106,11 +122,14 @@ class SecureEndpoint:
         # Batches smaller than this are opened on the loop after all: for a lone request the
         # hand-off and the thread's wake-up cost more latency than the verification it moves.
         self._open_executor_min_batch = max(1, open_executor_min_batch)
+        # Larger batches go in slices, so that the loop works on one while the thread opens
+        # the next (see SecuritySettings.open_thread_max_batch).
         self._open_batches: TurnBatcher[Delivery, OpenedMessage] | None = (
             # Not a coded error on purpose: a dead executor says nothing about the message, so
             # the consumer requeues it (a coded error would dead-letter it).
             TurnBatcher(self._open_batch,
-                        lambda exc: RuntimeError(f"envelope executor failed: {exc!r}"))
+                        lambda exc: RuntimeError(f"envelope executor failed: {exc!r}"),
+                        max_batch=open_executor_max_batch)
             if open_executor is not None else None
         )
 
@@ -190,10 +209,19 @@ class SecureEndpoint:
             return self.open(delivery)
         return await self._open_batches.submit(delivery)
 
+    async def open_many(self, deliveries: list[Delivery]) -> list[OpenedMessage | Exception]:
+        """Checks 1-7 for a batch: each answer is the opened message or its exception.
+
+        With an executor, the batch joins whatever else waits for the envelope thread, so
+        that batches grow while the thread is busy instead of queueing one by one."""
+        if self._open_batches is None:
+            return self._open_all(deliveries)
+        return await self._open_batches.submit_many(deliveries)
+
     async def _open_batch(
         self, deliveries: list[Delivery]
     ) -> list[OpenedMessage | Exception]:
-        """One loop turn's deliveries: on the executor, or inline if there are too few."""
+        """A batch on the executor, or inline if there are too few."""
         if len(deliveries) < self._open_executor_min_batch:
             return self._open_all(deliveries)
         return await asyncio.get_running_loop().run_in_executor(
@@ -261,23 +289,11 @@ class SecureEndpoint:
         except ReplayStoreError as exc:
             return Requeue(f"replay store unavailable: {exc.detail}")
         if claim.outcome is ClaimOutcome.DUPLICATE_DONE:
-            DUPLICATES.labels(queue=delivery.queue, kind="done").inc()
-            # A redelivery after a crash looks the same as a replay by the sender, so this is
-            # INFO, not a warning; the line lets an operator trace either back to its message.
-            log.info(
-                "duplicate delivery acked",
-                extra={"queue": delivery.queue, "sender": opened.sender,
-                       "msg_id": opened.msg_id.hex(), "message_id": delivery.message_id},
-            )
-            if on_duplicate is not None:
-                await on_duplicate(opened, claim)
-            return Ack()
+            return await self._duplicate_done(delivery, opened, claim, on_duplicate)
         if claim.outcome is ClaimOutcome.DUPLICATE_IN_PROGRESS:
             DUPLICATES.labels(queue=delivery.queue, kind="in_progress").inc()
             return Requeue("another worker holds this message")
-        if claim.reclaimed:
-            DUPLICATES.labels(queue=delivery.queue, kind="reclaimed").inc()
-        ACCEPTED.labels(queue=delivery.queue, msg_type=opened.msg_type).inc()
+        self._accepted(delivery, opened, claim)
         try:
             return await process(opened, claim)
         except asyncio.CancelledError:
@@ -288,6 +304,111 @@ class SecureEndpoint:
             # (bounded by the delivery limit) can process it again.
             await self._release_quietly(claim)
             raise
+
+    async def guarded_batch(
+        self,
+        deliveries: list[Delivery],
+        process: BatchProcess,
+        on_duplicate: Callable[[OpenedMessage, Claim], Awaitable[None]] | None = None,
+    ) -> list[Outcome]:
+        """``guarded`` for many deliveries: one open batch, one claim round, one ``process``.
+
+        The verdicts are those of ``guarded`` for each delivery alone. ``process`` gets the
+        accepted (opened, claim) pairs and answers an outcome for each; it completes or
+        releases their claims itself. A claim that must wait (another worker's lease, a store
+        that is down) takes the single path with its bounded waiting, so a rare slow message
+        does not hold back the batch's claim round.
+        """
+        outcomes: list[Outcome | None] = [None] * len(deliveries)
+        opened_all = await self.open_many(deliveries)
+        pending: list[tuple[int, OpenedMessage]] = []
+        for i, opened in enumerate(opened_all):
+            if isinstance(opened, Exception):
+                if not isinstance(opened, EnvelopeError):
+                    log.error("open failed", exc_info=opened,
+                              extra={"queue": deliveries[i].queue})
+                outcomes[i] = outcome_for_error(opened)
+            else:
+                pending.append((i, opened))
+        try:
+            claims: list[Claim | Exception] = await self.guard.claim_many(
+                [ClaimRequest(o.sender, o.msg_id, o.digest, o.timestamp_ms) for _, o in pending]
+            )
+        except ReplayStoreError as exc:
+            claims = [exc] * len(pending)
+        accepted: list[tuple[int, OpenedMessage, Claim]] = []
+        waiting: list[tuple[int, OpenedMessage]] = []
+        for (i, opened), claim in zip(pending, claims, strict=True):
+            if isinstance(claim, ReplayStoreError):
+                waiting.append((i, opened))
+            elif isinstance(claim, Exception):
+                outcomes[i] = outcome_for_error(claim)
+            elif claim.outcome is ClaimOutcome.DUPLICATE_IN_PROGRESS:
+                waiting.append((i, opened))
+            elif claim.outcome is ClaimOutcome.DUPLICATE_DONE:
+                outcomes[i] = await self._duplicate_done(
+                    deliveries[i], opened, claim, on_duplicate)
+            else:
+                self._accepted(deliveries[i], opened, claim)
+                accepted.append((i, opened, claim))
+
+        async def one_alone(opened: OpenedMessage, claim: Claim) -> Outcome:
+            return (await process([(opened, claim)]))[0]
+
+        async def run_accepted() -> None:
+            if not accepted:
+                return
+            try:
+                done = await process([(opened, claim) for _, opened, claim in accepted])
+            except BaseException as exc:
+                # ``process`` answers per message; raising means a bug or a cancellation:
+                # free every claim so the redeliveries can process them (as ``guarded``).
+                await asyncio.gather(*(self._release_quietly(c) for _, _, c in accepted))
+                if not isinstance(exc, Exception):
+                    raise
+                log.exception("batch processing failed", extra={"queue": deliveries[0].queue})
+                done = [outcome_for_error(exc)] * len(accepted)
+            for (i, _, _), outcome in zip(accepted, done, strict=True):
+                outcomes[i] = outcome
+
+        async def run_waiting(i: int, opened: OpenedMessage) -> None:
+            try:
+                outcomes[i] = await self.guarded_opened(deliveries[i], opened, one_alone,
+                                                        on_duplicate)
+            except Exception as exc:
+                log.exception("handling failed", extra={"queue": deliveries[i].queue})
+                outcomes[i] = outcome_for_error(exc)
+
+        await asyncio.gather(run_accepted(), *(run_waiting(i, o) for i, o in waiting))
+        return [o if o is not None else Requeue("no outcome") for o in outcomes]
+
+    async def _duplicate_done(
+        self,
+        delivery: Delivery,
+        opened: OpenedMessage,
+        claim: Claim,
+        on_duplicate: Callable[[OpenedMessage, Claim], Awaitable[None]] | None,
+    ) -> Outcome:
+        DUPLICATES.labels(queue=delivery.queue, kind="done").inc()
+        # A redelivery after a crash looks the same as a replay by the sender, so this is
+        # INFO, not a warning; the line lets an operator trace either back to its message.
+        log.info(
+            "duplicate delivery acked",
+            extra={"queue": delivery.queue, "sender": opened.sender,
+                   "msg_id": opened.msg_id.hex(), "message_id": delivery.message_id},
+        )
+        if on_duplicate is not None:
+            await on_duplicate(opened, claim)
+        return Ack()
+
+    def _accepted(self, delivery: Delivery, opened: OpenedMessage, claim: Claim) -> None:
+        if claim.reclaimed:
+            DUPLICATES.labels(queue=delivery.queue, kind="reclaimed").inc()
+        ACCEPTED.labels(queue=delivery.queue, msg_type=opened.msg_type).inc()
+
+    async def release_quietly(self, claim: Claim) -> None:
+        """Release after a failed handling; a store that is down lets the lease expire."""
+        await self._release_quietly(claim)
 
     async def _release_quietly(self, claim: Claim) -> None:
         try:
@@ -323,6 +444,64 @@ class SecureResponder:
 
     async def __call__(self, delivery: Delivery) -> Outcome:
         return await self._endpoint.guarded(delivery, self._process, self._resend_cached)
+
+    async def handle_batch(self, deliveries: list[Delivery]) -> list[Outcome]:
+        """A ``Consumer`` batch handler: the same verdicts as ``__call__`` for each delivery,
+        with one open batch, one claim round and one completion round for all of them."""
+        return await self._endpoint.guarded_batch(
+            deliveries, self._process_batch, self._resend_cached)
+
+    async def _process_batch(self, items: list[tuple[OpenedMessage, Claim]]) -> list[Outcome]:
+        replies: list[Reply | None | BaseException]
+        if len(items) == 1:
+            # The common case at low load: no task for a lone handler.
+            try:
+                replies = [await self._handler(items[0][0])]
+            except Exception as exc:  # noqa: BLE001 - that message's verdict, below
+                replies = [exc]
+        else:
+            # Handlers may wait for I/O (a notification publish): they run side by side.
+            replies = list(await asyncio.gather(
+                *(self._handler(opened) for opened, _ in items), return_exceptions=True))
+        outcomes: list[Outcome | None] = [None] * len(items)
+        completions: list[tuple[int, Claim, bytes | None]] = []
+        sends: list[tuple[int, OpenedMessage, bytes, bytes, str]] = []
+        failed: list[Claim] = []
+        for i, ((opened, claim), reply) in enumerate(zip(items, replies, strict=True)):
+            if isinstance(reply, BaseException):
+                if not isinstance(reply, Exception):
+                    raise reply  # cancelled: the endpoint frees every claim
+                if not isinstance(reply, BrokerAdapterError):
+                    log.error("handler failed", exc_info=reply,
+                              extra={"sender": opened.sender, "msg_id": opened.msg_id.hex()})
+                failed.append(claim)
+                outcomes[i] = outcome_for_error(reply)
+            elif reply is None:
+                completions.append((i, claim, None))
+            else:
+                data, msg_id = self._endpoint.seal(
+                    opened.sender, reply.msg_type, reply.body, correlation_id=opened.msg_id)
+                # Remembered before it is sent, as in ``_process``.
+                completions.append((i, claim, data))
+                sends.append((i, opened, data, msg_id, reply.msg_type))
+        done = await self._endpoint.guard.complete_many([(c, d) for _, c, d in completions])
+        # complete's answer (False: ownership lost to a reclaim) changes nothing, as in
+        # ``_process``; an item's own store error does: its claim expires, it is redelivered.
+        for (i, _, _), completed in zip(completions, done, strict=True):
+            if isinstance(completed, Exception):
+                outcomes[i] = outcome_for_error(completed)
+        # A failed handling frees its claim so that the redelivery processes it again.
+        releases = [self._endpoint.release_quietly(c) for c in failed]
+        publishing = [(i, self._publish_reply(opened, data, msg_id, msg_type))
+                      for i, opened, data, msg_id, msg_type in sends if outcomes[i] is None]
+        results = await asyncio.gather(*releases, *(p for _, p in publishing),
+                                       return_exceptions=True)
+        for (i, _), result in zip(publishing, results[len(releases):], strict=True):
+            if isinstance(result, TransportError):
+                outcomes[i] = Requeue(f"reply publish failed: {result.code}")
+            elif isinstance(result, BaseException):
+                raise result
+        return [o if o is not None else Ack() for o in outcomes]
 
     async def _process(self, opened: OpenedMessage, claim: Claim) -> Outcome:
         reply = await self._handler(opened)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+from collections.abc import Sequence
 
 from broker_adapter.replay import (
     Decision,
@@ -67,6 +68,23 @@ class MemoryReplayStore:
             return False
         self._entries[key] = done
         return True
+
+    async def claim_many(
+        self, items: Sequence[tuple[bytes, Entry]], now_ms: int
+    ) -> list[Decision | Exception]:
+        out: list[Decision | Exception] = []
+        for key, candidate in items:
+            try:
+                out.append(await self.claim(key, candidate, now_ms))
+            except ReplayStoreError as exc:  # full: that item fails, the others may fit
+                out.append(exc)
+        return out
+
+    async def complete_many(
+        self, items: Sequence[tuple[bytes, bytes, bytes | None]], now_ms: int
+    ) -> list[bool | Exception]:
+        return [await self.complete(key, token, response, now_ms)
+                for key, token, response in items]
 
     async def release(self, key: bytes, token: bytes, now_ms: int) -> bool:
         if not may_release(self._entries.get(key), token, now_ms):

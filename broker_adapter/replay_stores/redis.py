@@ -130,6 +130,34 @@ class RedisReplayStore:
         return self._prefix + key
 
     async def claim(self, key: bytes, candidate: Entry, now_ms: int) -> Decision:
+        return _decision(await self._batches.submit(self._claim_call(key, candidate, now_ms)))
+
+    async def claim_many(
+        self, items: Sequence[tuple[bytes, Entry]], now_ms: int
+    ) -> list[Decision | Exception]:
+        # The list is one pipeline of its own, not queued call by call for the turn's batch:
+        # it already is a batch, and a future per item would cost more than it groups.
+        calls: list[_Call | Exception] = []
+        for key, candidate in items:
+            try:
+                calls.append(self._claim_call(key, candidate, now_ms))
+            except ValueError as exc:
+                calls.append(exc)
+        return [_decision_or_error(r) for r in await self._run_calls(calls)]
+
+    async def complete(self, key: bytes, token: bytes, response: bytes | None, now_ms: int) -> bool:
+        # now_ms is not needed: Redis itself has deleted an expired entry.
+        del now_ms
+        return await self._batches.submit(self._complete_call(key, token, response)) == 1
+
+    async def complete_many(
+        self, items: Sequence[tuple[bytes, bytes, bytes | None]], now_ms: int
+    ) -> list[bool | Exception]:
+        del now_ms
+        calls: list[_Call | Exception] = [self._complete_call(k, t, r) for k, t, r in items]
+        return [r if isinstance(r, Exception) else r == 1 for r in await self._run_calls(calls)]
+
+    def _claim_call(self, key: bytes, candidate: Entry, now_ms: int) -> _Call:
         if len(candidate.digest) != DIGEST_BYTES or len(candidate.token) != TOKEN_BYTES:
             raise ValueError("digest and token must have the fixed sizes of the value layout")
         if candidate.state is not EntryState.IN_PROGRESS:
@@ -138,14 +166,24 @@ class RedisReplayStore:
         if ttl_ms <= 0:
             raise ValueError("the candidate entry is already expired")
         value = candidate.digest + b"P" + candidate.token + str(candidate.lease_until_ms).encode()
-        reply = await self._call(self._claim_script, key, [value, now_ms, ttl_ms])
-        return _decision(reply)
+        return _Call(self._claim_script, self.redis_key(key), [value, now_ms, ttl_ms])
 
-    async def complete(self, key: bytes, token: bytes, response: bytes | None, now_ms: int) -> bool:
-        # now_ms is not needed: Redis itself has deleted an expired entry.
-        del now_ms
-        args = [token, b"1", response] if response is not None else [token, b"0", b""]
-        return await self._call_flag(self._complete_script, key, args)
+    def _complete_call(self, key: bytes, token: bytes, response: bytes | None) -> _Call:
+        args: list[object] = (
+            [token, b"1", response] if response is not None else [token, b"0", b""]
+        )
+        return _Call(self._complete_script, self.redis_key(key), args)
+
+    async def _run_calls(self, calls: list[_Call | Exception]) -> list[object]:
+        """One pipeline for the calls; items that are already errors keep their place."""
+        ready = [c for c in calls if isinstance(c, _Call)]
+        try:
+            results = iter(await self._run_batch(ready) if ready else [])
+        except ReplayStoreError:
+            raise
+        except Exception as exc:  # the connection or the server, not one call
+            raise ReplayStoreError(f"replay store: {exc!r}") from exc
+        return [c if isinstance(c, Exception) else next(results) for c in calls]
 
     async def release(self, key: bytes, token: bytes, now_ms: int) -> bool:
         del now_ms
@@ -191,6 +229,15 @@ class _Call:
     script: AsyncScript
     key: bytes
     args: list[object]
+
+
+def _decision_or_error(reply: object) -> Decision | Exception:
+    if isinstance(reply, Exception):
+        return reply
+    try:
+        return _decision(reply)
+    except ReplayStoreError as exc:
+        return exc
 
 
 def _decision(reply: object) -> Decision:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar, cast
@@ -45,6 +45,7 @@ from broker_adapter.replay import (
 from broker_adapter.turn_batch import TurnBatcher
 
 _T = TypeVar("_T")
+_I = TypeVar("_I")
 
 _SCHEMA_VERSION = 1
 # Column names are one letter because SQLite stores each row's column list only in the schema,
@@ -137,17 +138,37 @@ class SqliteReplayStore:
     # ---- ReplayStore protocol -------------------------------------------------------------
 
     async def claim(self, key: bytes, candidate: Entry, now_ms: int) -> Decision:
-        self._claims_since_purge += 1
-        if self._claims_since_purge >= self._purge_every:
-            self._claims_since_purge = 0
-            # Rides along in the same group commit; nobody waits for it. A failed purge only
-            # leaves expired rows for the next one.
-            purge = self._submit(lambda conn: self._purge(conn, now_ms, self._purge_batch))
-            purge.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._count_claims(1, now_ms)
         return await self._run(lambda conn: self._claim(conn, key, candidate, now_ms))
+
+    async def claim_many(
+        self, items: Sequence[tuple[bytes, Entry]], now_ms: int
+    ) -> list[Decision | Exception]:
+        self._count_claims(len(items), now_ms)
+        # One operation in the group commit for the whole list: one future, not one per item.
+        return await self._run(lambda conn: _each(
+            items, lambda item: self._claim(conn, item[0], item[1], now_ms)))
 
     async def complete(self, key: bytes, token: bytes, response: bytes | None, now_ms: int) -> bool:
         return await self._run(lambda conn: self._complete(conn, key, token, response, now_ms))
+
+    async def complete_many(
+        self, items: Sequence[tuple[bytes, bytes, bytes | None]], now_ms: int
+    ) -> list[bool | Exception]:
+        return await self._run(lambda conn: _each(
+            items, lambda item: self._complete(conn, item[0], item[1], item[2], now_ms)))
+
+    def _count_claims(self, claims: int, now_ms: int) -> None:
+        self._claims_since_purge += claims
+        if self._claims_since_purge >= self._purge_every:
+            # Purge at least as many rows as were claimed since the last purge, so a burst of
+            # large batches cannot outgrow it.
+            limit = max(self._purge_batch, self._claims_since_purge)
+            self._claims_since_purge = 0
+            # Rides along in the same group commit; nobody waits for it. A failed purge only
+            # leaves expired rows for the next one.
+            purge = self._submit(lambda conn: self._purge(conn, now_ms, limit))
+            purge.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     async def release(self, key: bytes, token: bytes, now_ms: int) -> bool:
         return await self._run(lambda conn: self._release(conn, key, token, now_ms))
@@ -321,6 +342,20 @@ class SqliteReplayStore:
 
     def _set_busy_timeout(self, ms: int) -> None:
         self._conn.execute(f"PRAGMA busy_timeout={int(ms)}")
+
+
+def _each(items: Sequence[_I], body: Callable[[_I], _T]) -> list[_T | Exception]:
+    """``body`` for every item inside one transaction. An SQLite error fails the transaction
+    (and so every item); any other error is that item's own answer."""
+    out: list[_T | Exception] = []
+    for item in items:
+        try:
+            out.append(body(item))
+        except sqlite3.Error:
+            raise
+        except Exception as exc:  # noqa: BLE001 - handed to that item's caller
+            out.append(exc)
+    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,12 +27,21 @@ from aio_pika.abc import (
 from broker_adapter.errors import BrokerAdapterError, TransportError
 from broker_adapter.transport import metrics
 from broker_adapter.transport.acks import AckBatcher
-from broker_adapter.transport.delivery import Ack, DeadLetter, Delivery, Outcome, Requeue
+from broker_adapter.transport.delivery import (
+    Ack,
+    DeadLetter,
+    Delivery,
+    Outcome,
+    Requeue,
+    outcome_for_error,
+)
 from broker_adapter.transport.publisher import OutgoingMessage, Publisher
 
 log = logging.getLogger("broker_adapter.transport")
 
 Handler = Callable[[Delivery], Awaitable[Outcome]]
+# Many deliveries at once, one outcome for each, in order.
+BatchHandler = Callable[[list[Delivery]], Awaitable[list[Outcome]]]
 
 DEAD_LETTER_EXCHANGE = "akma.dlx"
 # Header names are part of the operator interface (management UI, alerts): keep them stable.
@@ -67,21 +76,38 @@ def to_delivery(message: AbstractIncomingMessage, queue: str) -> Delivery:
 
 
 class Consumer:
-    """Consumes one queue with a bounded number of deliveries in flight."""
+    """Consumes one queue with a bounded number of deliveries in flight.
+
+    ``handler`` gets one delivery at a time. A ``BatchHandler`` instead gets the deliveries that
+    arrived in one loop turn (in slices of at most ``max_batch``) and answers one outcome each:
+    per message, that saves the task, the futures and the wake-ups of stepping through the
+    same stages alone (docs/benchmarks.md, item 13). Several slices are in flight at once, so
+    one can wait for the envelope thread while the loop settles another.
+    """
 
     def __init__(
         self,
         connection: AbstractRobustConnection,
         queue_name: str,
-        handler: Handler,
+        handler: Handler | None = None,
         *,
         publisher: Publisher,
         prefetch: int = 64,
         requeue_backoff_s: float = 0.1,
+        batch_handler: BatchHandler | None = None,
+        max_batch: int = 64,
     ) -> None:
+        if (handler is None) == (batch_handler is None):
+            raise BrokerAdapterError("a consumer needs exactly one of handler and batch_handler")
+        if max_batch < 1:
+            raise BrokerAdapterError("max_batch must be positive")
         self._connection = connection
         self._queue_name = queue_name
         self._handler = handler
+        self._batch_handler = batch_handler
+        self._max_batch = max_batch
+        # Deliveries of the current loop turn, waiting for ``_dispatch_turn`` (batch mode).
+        self._turn: list[AbstractIncomingMessage] = []
         self._publisher = publisher
         self._prefetch = prefetch
         self._requeue_backoff_s = requeue_backoff_s
@@ -116,6 +142,15 @@ class Consumer:
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         self._acks.delivered(message)
+        if self._batch_handler is not None:
+            # Collected until the loop's next turn: every delivery read from the socket in
+            # this turn is dispatched with the others. Our own tasks handle them, so as in the
+            # single mode a channel's closing does not cancel a handling under way (below).
+            if not self._turn:
+                asyncio.get_running_loop().call_soon(self._dispatch_turn)
+            self._turn.append(message)
+            self._idle.clear()  # ``stop`` must wait for these too
+            return
         # aiormq runs this callback as a task of the channel and cancels it when the channel
         # closes (a cut link, a broker restart). Cancelled halfway, a handling would give up a
         # replay claim whose work was already done (a key derived, an audit line written),
@@ -129,6 +164,15 @@ class Consumer:
         self._idle.clear()
         handling.add_done_callback(self._handling_done)
         await asyncio.shield(handling)
+
+    def _dispatch_turn(self) -> None:
+        turn, self._turn = self._turn, []
+        loop = asyncio.get_running_loop()
+        for start in range(0, len(turn), self._max_batch):
+            handling = loop.create_task(self._tracked_batch(turn[start:start + self._max_batch]))
+            self._in_flight.add(handling)
+            self._idle.clear()
+            handling.add_done_callback(self._handling_done)
 
     def _handling_done(self, handling: asyncio.Task[None]) -> None:
         self._in_flight.discard(handling)
@@ -149,7 +193,49 @@ class Consumer:
             self._m_handler_seconds.observe(time.perf_counter() - started)
             self._m_in_flight.dec()
 
+    async def _tracked_batch(self, messages: list[AbstractIncomingMessage]) -> None:
+        count = len(messages)
+        self._m_in_flight.inc(count)
+        started = time.perf_counter()
+        try:
+            await self._handle_batch(messages)
+        finally:
+            elapsed = time.perf_counter() - started
+            for _ in range(count):
+                self._m_handler_seconds.observe(elapsed)
+            self._m_in_flight.dec(count)
+
+    async def _handle_batch(self, messages: list[AbstractIncomingMessage]) -> None:
+        assert self._batch_handler is not None
+        deliveries = [to_delivery(m, self._queue_name) for m in messages]
+        outcomes: list[Outcome]
+        try:
+            outcomes = await self._batch_handler(deliveries)
+            if len(outcomes) != len(deliveries):
+                raise BrokerAdapterError(
+                    f"batch handler answered {len(outcomes)} of {len(deliveries)} deliveries")
+        except asyncio.CancelledError:
+            for message in messages:
+                self._acks.settle_elsewhere(message)
+            await asyncio.gather(*(self._settle_quietly(m, requeue=True) for m in messages))
+            raise
+        except Exception as exc:
+            # The handler failed as a whole: no verdict on any one message, so all go back.
+            log.exception("batch handler failed", extra={"queue": self._queue_name})
+            outcomes = [Requeue(f"handler error: {type(exc).__name__}")] * len(deliveries)
+        slow = []
+        for message, delivery, outcome in zip(messages, deliveries, outcomes, strict=True):
+            if isinstance(outcome, Ack):
+                # The common case, settled here without a coroutine of its own.
+                self._acks.ack(message)
+                self._m_acked.inc()
+            else:
+                slow.append(self._apply(message, delivery, outcome))
+        if slow:
+            await asyncio.gather(*slow)
+
     async def _handle(self, message: AbstractIncomingMessage) -> None:
+        assert self._handler is not None
         delivery = to_delivery(message, self._queue_name)
         try:
             outcome = await self._handler(delivery)
@@ -158,12 +244,11 @@ class Consumer:
             self._acks.settle_elsewhere(message)
             await self._settle_quietly(message, requeue=True)
             raise
-        except BrokerAdapterError as exc:
-            # Our own coded errors escaping a handler are verdicts on the message.
-            outcome = DeadLetter(exc.code, exc.detail)
         except Exception as exc:
-            log.exception("handler failed", extra={"queue": self._queue_name})
-            outcome = Requeue(f"handler error: {type(exc).__name__}")
+            if not isinstance(exc, BrokerAdapterError):
+                log.exception("handler failed", extra={"queue": self._queue_name})
+            # Our coded errors are verdicts on the message, unless transient (outcome_for_error).
+            outcome = outcome_for_error(exc)
         await self._apply(message, delivery, outcome)
 
     async def _apply(

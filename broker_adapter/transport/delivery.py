@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from broker_adapter.errors import BrokerAdapterError
+
 
 @dataclass(frozen=True)
 class Delivery:
@@ -52,3 +54,14 @@ class Requeue:
 
 
 Outcome = Ack | DeadLetter | Requeue
+
+
+def outcome_for_error(exc: Exception) -> Outcome:
+    """The outcome of a handling that raised ``exc``: our coded errors are verdicts on the
+    message (dead-letter with the code), unless they are transient failures of our own
+    infrastructure; anything else is a bug or a fault that a redelivery may not meet again."""
+    if isinstance(exc, BrokerAdapterError):
+        if exc.transient:
+            return Requeue(f"{exc.code}: {exc.detail}"[:200])
+        return DeadLetter(exc.code, exc.detail)
+    return Requeue(f"handler error: {type(exc).__name__}")

@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 
 from broker_adapter.replay import (
     ClaimOutcome,
+    ClaimRequest,
     ReplayConflictError,
     ReplayGuard,
     ReplayStore,
@@ -166,6 +167,10 @@ async def test_unreachable_redis_is_a_store_error() -> None:
         with pytest.raises(ReplayStoreError) as info:
             await guard.claim("af1", os.urandom(16), os.urandom(32), system_clock_ms())
         assert info.value.code == "replay_store_unavailable"
+        # The batch path fails as a whole, with the same coded error.
+        with pytest.raises(ReplayStoreError):
+            await guard.claim_many(
+                [ClaimRequest("af1", os.urandom(16), os.urandom(32), system_clock_ms())])
     finally:
         await client.aclose()
 

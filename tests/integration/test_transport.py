@@ -52,7 +52,7 @@ class Party:
         self.consumers: list[Consumer] = []
 
     async def consume(
-        self, queue: str, handler: Callable[[Delivery], Awaitable[Outcome]], **kw: Any
+        self, queue: str, handler: Callable[[Delivery], Awaitable[Outcome]] | None, **kw: Any
     ) -> Consumer:
         consumer = Consumer(self.connection, queue, handler, publisher=self.publisher, **kw)
         await consumer.start()
@@ -286,8 +286,9 @@ async def test_stock_connection_is_available_without_coalescing(broker: Any, pki
         await connection.close()
 
 
+@pytest.mark.parametrize("batched", [False, True], ids=["single", "batch"])
 async def test_a_cut_link_does_not_cancel_a_handling_under_way(
-    broker: Any, pki: Any, clean_queues: None
+    broker: Any, pki: Any, clean_queues: None, batched: bool
 ) -> None:
     # aiormq cancels consumer callbacks when their channel closes. A handling cancelled halfway
     # gives up its replay claim after its work is done, and the redelivery does the work again
@@ -312,8 +313,16 @@ async def test_a_cut_link_does_not_cancel_a_handling_under_way(
             finished.append(True)
         return Ack()
 
-    consumer = Consumer(net_conn, "network.requests", slow,
-                        publisher=Publisher(net_conn, NET), prefetch=4)
+    async def slow_batch(batch: list[Delivery]) -> list[Outcome]:
+        return [await slow(delivery) for delivery in batch]
+
+    consumer = (
+        Consumer(net_conn, "network.requests", publisher=Publisher(net_conn, NET), prefetch=4,
+                 batch_handler=slow_batch)
+        if batched else
+        Consumer(net_conn, "network.requests", slow, publisher=Publisher(net_conn, NET),
+                 prefetch=4)
+    )
     try:
         await consumer.start()
         await af_pub.publish("akma.requests", "network", _msg(b"under way"))
@@ -333,3 +342,78 @@ async def test_a_cut_link_does_not_cancel_a_handling_under_way(
         await af_conn.close()
         await net_conn.close()
         await proxy.close()
+
+
+async def test_a_batch_handler_settles_each_delivery_by_its_own_outcome(
+    parties: dict[str, Party], mgmt: Management
+) -> None:
+    # Deliveries of one loop turn reach the batch handler together (at most max_batch); each
+    # outcome applies to its own delivery: acked, dead-lettered with its reason, requeued.
+    batches: list[list[bytes]] = []
+    seen: dict[bytes, int] = {}
+    all_done = asyncio.Event()
+
+    async def decide(batch: list[Delivery]) -> list[Outcome]:
+        batches.append([d.body for d in batch])
+        outcomes: list[Outcome] = []
+        for delivery in batch:
+            seen[delivery.body] = seen.get(delivery.body, 0) + 1
+            if delivery.body.startswith(b"bad"):
+                outcomes.append(DeadLetter("bad_signature", "batch verdict"))
+            elif delivery.body.startswith(b"flaky") and seen[delivery.body] == 1:
+                outcomes.append(Requeue("try again"))
+            else:
+                outcomes.append(Ack())
+        if sum(seen.values()) >= 13:
+            all_done.set()
+        return outcomes
+
+    bodies = [b"ok%d" % i for i in range(10)] + [b"bad", b"flaky"]
+    messages = [_msg(body) for body in bodies]
+    for message in messages:
+        await parties[AF].publisher.publish("akma.requests", "network", message)
+    # Published before consuming: the prefetched deliveries arrive in few socket reads.
+    await parties[NET].consume("network.requests", None, batch_handler=decide, max_batch=5,
+                               prefetch=32)
+    await asyncio.wait_for(all_done.wait(), 15)
+    assert max(len(b) for b in batches) <= 5
+    assert any(len(b) > 1 for b in batches), batches
+    assert seen[b"flaky"] == 2 and all(seen[b] == 1 for b in bodies if b != b"flaky")
+    item = await _dead_letters_with(mgmt, messages[10].message_id)
+    assert item["properties"]["headers"]["x-akma-reason"] == "bad_signature"
+    await _wait_for_count(mgmt, "network.requests", 0)
+
+
+async def test_a_failing_batch_handler_requeues_its_whole_batch(parties: dict[str, Party]) -> None:
+    calls: list[int] = []
+    redelivered = asyncio.Event()
+
+    async def broken_once(batch: list[Delivery]) -> list[Outcome]:
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise RuntimeError("bug")
+        if all(d.redelivered for d in batch):
+            redelivered.set()
+        return [Ack() for _ in batch]
+
+    await parties[AF].publisher.publish("akma.requests", "network", _msg(b"once"))
+    await parties[NET].consume("network.requests", None, batch_handler=broken_once)
+    await asyncio.wait_for(redelivered.wait(), 10)
+
+
+def test_a_consumer_takes_exactly_one_kind_of_handler() -> None:
+    from broker_adapter.errors import BrokerAdapterError
+
+    async def one(delivery: Delivery) -> Outcome:
+        return Ack()
+
+    async def many(batch: list[Delivery]) -> list[Outcome]:
+        return [Ack() for _ in batch]
+
+    fake: Any = object()
+    with pytest.raises(BrokerAdapterError):
+        Consumer(fake, "q", one, publisher=fake, batch_handler=many)
+    with pytest.raises(BrokerAdapterError):
+        Consumer(fake, "q", publisher=fake)
+    with pytest.raises(BrokerAdapterError):
+        Consumer(fake, "q", publisher=fake, batch_handler=many, max_batch=0)

@@ -16,8 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from broker_adapter.envelope_errors import StaleMessageError
 from broker_adapter.replay import (
+    Claim,
     ClaimOutcome,
+    ClaimRequest,
     ReplayConflictError,
     ReplayGuard,
     ReplayStore,
@@ -88,9 +91,7 @@ class StoreContract:
     ) -> None:
         # The SQLite and Redis stores run the calls of one loop turn as one transaction or one
         # pipeline; inside it, order and per-call answers must be exactly as if sequential.
-        done_id, done_dig = new_id(), digest()
-        finished = await guard.claim("af1", done_id, done_dig, clock.now)
-        assert await guard.complete(finished, b"cached")
+        done_id, done_dig = await finished_message(guard, clock, b"cached")
         twice_id, twice_dig = new_id(), digest()
         fresh = [(new_id(), digest()) for _ in range(20)]
         calls = [guard.claim("af1", i, d, clock.now) for i, d in fresh]
@@ -115,6 +116,44 @@ class StoreContract:
             *(guard.complete(r, None) for r in results[:20] if not isinstance(r, BaseException))
         )
         assert completions == [True] * 20
+
+    async def test_claim_many_answers_as_claims_one_by_one_would(
+        self, guard: ReplayGuard, clock: FakeClock
+    ) -> None:
+        # The batch path (one store round for a consumer's batch) must decide exactly as the
+        # single calls: new, in progress, done with its cached answer, conflict, too old.
+        done_id, done_dig = await finished_message(guard, clock, b"cached")
+        twice_id, twice_dig = new_id(), digest()
+        fresh = [ClaimRequest("af1", new_id(), digest(), clock.now) for _ in range(20)]
+        requests = [
+            *fresh,
+            ClaimRequest("af1", twice_id, twice_dig, clock.now),
+            ClaimRequest("af1", twice_id, twice_dig, clock.now),
+            ClaimRequest("af1", done_id, done_dig, clock.now),
+            ClaimRequest("af1", done_id, digest(), clock.now),
+            ClaimRequest("af1", new_id(), digest(), clock.now - WINDOW_MS - 3 * SKEW_MS),
+        ]
+        results = await guard.claim_many(requests)
+        assert len(results) == len(requests)
+        claims = [r for r in results[:20] if isinstance(r, Claim)]
+        assert [c.outcome for c in claims] == [ClaimOutcome.PROCESS] * 20
+        assert [c.msg_id for c in claims] == [r.msg_id for r in fresh]
+        first, second, dup, conflict, stale = results[20:]
+        assert isinstance(first, Claim) and first.outcome is ClaimOutcome.PROCESS
+        assert isinstance(second, Claim)
+        assert second.outcome is ClaimOutcome.DUPLICATE_IN_PROGRESS
+        assert isinstance(dup, Claim) and dup.cached_response == b"cached"
+        assert isinstance(conflict, ReplayConflictError)
+        assert isinstance(stale, StaleMessageError)
+        answers = [b"r%d" % i if i % 2 else None for i in range(20)]
+        assert await guard.complete_many(list(zip(claims, answers, strict=True))) == [True] * 20
+        # Completed once: a second completion of the same claims loses, item by item.
+        assert await guard.complete_many([(claims[0], None), (first, None)]) == [False, True]
+        again = await guard.claim_many([ClaimRequest("af1", c.msg_id, r.digest, clock.now)
+                                        for c, r in zip(claims, fresh, strict=True)])
+        assert [a.cached_response for a in again if isinstance(a, Claim)] == answers
+        assert await guard.claim_many([]) == []
+        assert await guard.complete_many([]) == []
 
     async def test_same_id_other_bytes_is_a_conflict(
         self, guard: ReplayGuard, clock: FakeClock
@@ -195,6 +234,16 @@ class StoreContract:
         outcomes = sorted(c.outcome.value for c in claims)
         assert outcomes.count(ClaimOutcome.PROCESS.value) == 1
         assert outcomes.count(ClaimOutcome.DUPLICATE_IN_PROGRESS.value) == 7
+
+
+async def finished_message(
+    guard: ReplayGuard, clock: FakeClock, response: bytes
+) -> tuple[bytes, bytes]:
+    """(message id, digest) of a message claimed and completed with ``response``."""
+    msg_id, dig = new_id(), digest()
+    claim = await guard.claim("af1", msg_id, dig, clock.now)
+    assert await guard.complete(claim, response)
+    return msg_id, dig
 
 
 def make_guard(store: ReplayStore, clock: Callable[[], int]) -> ReplayGuard:

@@ -54,3 +54,32 @@ async def test_a_cancelled_caller_is_left_out() -> None:
     assert batches == [[2]]
     with pytest.raises(asyncio.CancelledError):
         await gone
+
+
+async def test_a_list_joins_the_turn_whole_and_gets_its_answers_in_order() -> None:
+    batches: list[list[int]] = []
+    batcher = _batcher(batches)
+    lone, many = batcher.submit(1), batcher.submit_many([2, 5, 3])
+    assert await lone == 10
+    answers = await many
+    assert answers[0] == 20 and answers[2] == 30 and isinstance(answers[1], ValueError)
+    assert batches == [[1, 2, 5, 3]]
+
+
+async def test_max_batch_slices_by_submission_and_later_slices_wait_their_turn() -> None:
+    batches: list[list[int]] = []
+
+    async def run(items: list[int]) -> list[int | Exception]:
+        batches.append(items)
+        await asyncio.sleep(0)  # a hand-off: new submissions queue meanwhile
+        return [i * 10 for i in items]
+
+    batcher: TurnBatcher[int, int] = TurnBatcher(run, lambda exc: Boom(repr(exc)), max_batch=4)
+    futures = [batcher.submit_many([1, 2, 3]), batcher.submit_many([4, 5]),
+               batcher.submit(6), batcher.submit_many([7, 8, 9, 10, 11])]
+    results = await asyncio.gather(*futures)
+    assert results == [[10, 20, 30], [40, 50], 60, [70, 80, 90, 100, 110]]
+    # A list is never split; one larger than max_batch goes alone.
+    assert batches == [[1, 2, 3], [4, 5, 6], [7, 8, 9, 10, 11]]
+    with pytest.raises(ValueError):
+        TurnBatcher(run, lambda exc: Boom(repr(exc)), max_batch=0)

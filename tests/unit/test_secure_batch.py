@@ -1,0 +1,172 @@
+"""``SecureEndpoint.guarded_batch``: a batch of deliveries gets, message by message, the verdicts
+that ``guarded`` gives each one alone, with one open batch, one claim round and one completion
+round; and ``outcome_for_error``, the rule both paths share for a handling that raised."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, cast
+
+import pytest
+
+from broker_adapter.codec import EnvelopeCodec
+from broker_adapter.envelope import OpenedMessage
+from broker_adapter.errors import BrokerConfigError, PublishTimeoutError
+from broker_adapter.replay import Claim, ClaimOutcome, ClaimRequest, ReplayGuard, ReplayStoreError
+from broker_adapter.replay_stores import MemoryReplayStore
+from broker_adapter.secure import SecureEndpoint
+from broker_adapter.transport import Ack, DeadLetter, Outcome, Publisher, Requeue
+from broker_adapter.transport.delivery import outcome_for_error
+from tests.unit.envelope_helpers import POLICY, TestPki, counter_rng, fixed_clock
+from tests.unit.test_secure_open_batch import _delivery
+
+AF = "af1.example.com"
+
+
+class _NoBroker:
+    """Nothing here publishes; the publisher only lends its identity."""
+
+
+class _World:
+    def __init__(self, *, executor: ThreadPoolExecutor | None = None) -> None:
+        ca = TestPki()
+        network, af = ca.party("network"), ca.party(AF)
+        trust = ca.trust([network, af])
+        clock = fixed_clock()
+        self.sender = EnvelopeCodec(identity=af.identity, trust=trust, policy=POLICY,
+                                    clock=clock, rng=counter_rng(1))
+        # The same random source as ``sender``: its first message id repeats the sender's
+        # first, over other bytes (a conflict).
+        self.twin = EnvelopeCodec(identity=af.identity, trust=trust, policy=POLICY,
+                                  clock=clock, rng=counter_rng(1))
+        receiver = EnvelopeCodec(identity=network.identity, trust=trust, policy=POLICY,
+                                 clock=clock, rng=counter_rng(1000))
+        self.store = MemoryReplayStore()
+        self.guard = ReplayGuard(self.store, window_ms=60_000, skew_ms=5_000,
+                                 in_progress_lease_ms=5_000, clock=clock)
+        self.endpoint = SecureEndpoint(
+            codec=receiver, guard=self.guard,
+            publisher=Publisher(cast(Any, _NoBroker()), "network"),
+            open_executor=executor, open_executor_min_batch=2)
+        self.processed: list[bytes] = []
+        self.duplicates: list[bytes] = []
+
+    def seal(self, body: bytes, codec: EnvelopeCodec | None = None) -> bytes:
+        return (codec or self.sender).encode(recipient="network", msg_type="akma.t",
+                                             body=body).data
+
+    async def process(self, items: list[tuple[OpenedMessage, Claim]]) -> list[Outcome]:
+        self.processed += [opened.body for opened, _ in items]
+        await self.guard.complete_many([(claim, b"answer:" + o.body) for o, claim in items])
+        return [Ack() for _ in items]
+
+    async def on_duplicate(self, opened: OpenedMessage, claim: Claim) -> None:
+        assert claim.cached_response == b"answer:" + opened.body
+        self.duplicates.append(opened.body)
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+async def test_each_delivery_gets_the_verdict_it_would_get_alone(threaded: bool) -> None:
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        world = _World(executor=pool if threaded else None)
+        first = world.seal(b"first")  # the twin's first message reuses this id
+        earlier = world.seal(b"earlier")
+        # ``earlier`` was handled before this batch: its redelivery is a finished duplicate.
+        assert await world.endpoint.guarded_batch([_delivery(earlier, AF)], world.process) == [
+            Ack()]
+        fresh = [world.seal(bytes([i])) for i in range(3)]
+        tampered = bytearray(world.seal(b"tampered"))
+        tampered[-1] ^= 1
+        batch = [
+            _delivery(first, AF),
+            _delivery(fresh[0], AF),
+            _delivery(bytes(tampered), AF),
+            _delivery(fresh[1], "af2.example.com"),  # not the signer's broker login
+            _delivery(earlier, AF),
+            _delivery(world.seal(b"conflict", world.twin), AF),
+            _delivery(fresh[2], AF),
+            _delivery(fresh[0], AF),  # the same bytes again in the same batch
+        ]
+        outcomes = await world.endpoint.guarded_batch(batch, world.process, world.on_duplicate)
+    assert outcomes[0] == outcomes[1] == outcomes[6] == Ack()
+    assert isinstance(outcomes[2], DeadLetter) and outcomes[2].code == "decryption_failed"
+    assert isinstance(outcomes[3], DeadLetter) and outcomes[3].code == "identity_mismatch"
+    assert outcomes[4] == Ack()  # finished duplicate: acked, not processed again
+    assert isinstance(outcomes[5], DeadLetter) and outcomes[5].code == "replay_conflict"
+    # The copy of fresh[0] met its twin's live claim, waited for it, then found it finished.
+    assert outcomes[7] == Ack()
+    assert world.processed == [b"earlier", b"first", b"\x00", b"\x02"]
+    assert sorted(world.duplicates) == [b"\x00", b"earlier"]
+
+
+async def test_a_failing_process_frees_every_claim_for_the_redelivery() -> None:
+    world = _World()
+    data = [world.seal(bytes([i])) for i in range(3)]
+
+    async def broken(items: list[tuple[OpenedMessage, Claim]]) -> list[Outcome]:
+        raise RuntimeError("handler bug")
+
+    outcomes = await world.endpoint.guarded_batch([_delivery(d, AF) for d in data], broken)
+    assert all(isinstance(o, Requeue) and "RuntimeError" in o.detail for o in outcomes)
+    # Nothing is remembered as in progress: the redelivery processes every message.
+    assert await world.endpoint.guarded_batch([_delivery(d, AF) for d in data],
+                                              world.process) == [Ack()] * 3
+    assert world.processed == [b"\x00", b"\x01", b"\x02"]
+
+
+async def test_a_store_that_is_down_requeues_after_the_bounded_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    world = _World()
+
+    async def down(*args: Any, **kwargs: Any) -> Any:
+        raise ReplayStoreError("down")
+
+    monkeypatch.setattr(world.store, "claim_many", down)
+    monkeypatch.setattr(world.store, "claim", down)
+    monkeypatch.setattr("broker_adapter.secure._MAX_STORE_WAIT_S", 0.0)
+    outcomes = await world.endpoint.guarded_batch([_delivery(world.seal(b"x"), AF)],
+                                                  world.process)
+    assert isinstance(outcomes[0], Requeue) and "replay store unavailable" in outcomes[0].detail
+    assert world.processed == []
+
+
+async def test_claim_many_keeps_an_order_the_batch_relies_on() -> None:
+    # guarded_batch pairs answers with requests by position.
+    world = _World()
+    opened = [world.endpoint.open(_delivery(world.seal(bytes([i])), AF)) for i in range(5)]
+    claims = await world.guard.claim_many(
+        [ClaimRequest(o.sender, o.msg_id, o.digest, o.timestamp_ms) for o in opened])
+    assert [c.msg_id for c in claims if isinstance(c, Claim)] == [o.msg_id for o in opened]
+    assert all(isinstance(c, Claim) and c.outcome is ClaimOutcome.PROCESS for c in claims)
+
+
+def test_outcome_for_error() -> None:
+    assert outcome_for_error(ReplayStoreError("down")) == Requeue("replay_store_unavailable: down")
+    assert isinstance(outcome_for_error(PublishTimeoutError("slow")), Requeue)
+    refused = outcome_for_error(BrokerConfigError("no key"))
+    assert refused == DeadLetter("broker_config", "no key")
+    assert outcome_for_error(KeyError("x")) == Requeue("handler error: KeyError")
+
+
+async def test_open_many_joins_the_envelope_thread_queue() -> None:
+    # Batches submitted while the thread is busy go together into its next hand-off.
+    world_pool = ThreadPoolExecutor(max_workers=1)
+    handoffs: list[int] = []
+    original = world_pool.submit
+
+    def counting(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        handoffs.append(len(args[0]))
+        return original(fn, *args, **kwargs)
+
+    world_pool.submit = counting  # type: ignore[method-assign]
+    try:
+        world = _World(executor=world_pool)
+        batches = [[_delivery(world.seal(bytes([b, i])), AF) for i in range(3)] for b in range(3)]
+        results = await asyncio.gather(*(world.endpoint.open_many(b) for b in batches))
+    finally:
+        world_pool.shutdown()
+    assert [len(r) for r in results] == [3, 3, 3]
+    assert all(not isinstance(o, Exception) for r in results for o in r)
+    assert handoffs == [9]
