@@ -17,11 +17,13 @@ Verdicts on a delivery:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import Counter
 
@@ -67,6 +69,15 @@ UNMATCHED_ANSWERS = Counter(
     "dropped.",
     ["queue"],
 )
+
+
+@functools.lru_cache(maxsize=256)
+def _accepted_counter(queue: str, msg_type: str) -> Any:
+    # ``labels()`` hashes and locks on every call, a measurable share of the per-message work
+    # of a busy consumer. Message types are checked against the envelope's grammar and there
+    # are few queues, so the cache stays small (and is bounded anyway).
+    return ACCEPTED.labels(queue=queue, msg_type=msg_type)
+
 
 # How long one delivery may wait for another worker's lease before it is requeued instead.
 _MAX_LEASE_WAIT_S = 5.0
@@ -404,7 +415,7 @@ class SecureEndpoint:
     def _accepted(self, delivery: Delivery, opened: OpenedMessage, claim: Claim) -> None:
         if claim.reclaimed:
             DUPLICATES.labels(queue=delivery.queue, kind="reclaimed").inc()
-        ACCEPTED.labels(queue=delivery.queue, msg_type=opened.msg_type).inc()
+        _accepted_counter(delivery.queue, opened.msg_type).inc()
 
     async def release_quietly(self, claim: Claim) -> None:
         """Release after a failed handling; a store that is down lets the lease expire."""
@@ -618,7 +629,7 @@ class SecureRequester:
         if opened.sender != pending.peer:
             # A trusted party answered a request it was never sent: refuse it.
             return DeadLetter("unexpected_responder", f"answer from {opened.sender}")
-        ACCEPTED.labels(queue=delivery.queue, msg_type=opened.msg_type).inc()
+        _accepted_counter(delivery.queue, opened.msg_type).inc()
         pending.future.set_result(opened)
         return Ack()
 
