@@ -11,7 +11,9 @@ the envelope's window check, together with a digest of the exact envelope bytes 
 This module is pure: the decision (``decide``) is a function of the stored entry, the digest and
 the time, and ``ReplayGuard`` only combines it with an injected store, clock and token source.
 The stores in ``broker_adapter.replay_stores`` make a claim atomic and apply exactly the same
-decision (the SQLite and memory stores call ``decide``; the Redis store mirrors it in Lua).
+decision (the SQLite and memory stores call ``decide``; the Redis store mirrors it in Lua). The
+ownership rule of completing and releasing is ``completed_entry`` / ``may_release`` in the memory
+store, a WHERE clause in SQLite and a test in Lua; the contract tests hold all three alike.
 """
 
 from __future__ import annotations
