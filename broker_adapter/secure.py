@@ -589,12 +589,13 @@ class SecureRequester:
         self._request_exchange = request_exchange
         self._on_notification = on_notification
         self._pending: dict[bytes, _Pending] = {}
+        # Batch mode: the answers that arrive in one loop turn are opened together.
         self._consumer = Consumer(
             connection,  # type: ignore[arg-type]
             inbox_queue,
-            self._on_inbox,
             publisher=endpoint.publisher,
             prefetch=prefetch,
+            batch_handler=self._on_inbox_batch,
         )
 
     async def start(self) -> None:
@@ -606,17 +607,32 @@ class SecureRequester:
             if not pending.future.done():
                 pending.future.cancel()
 
-    async def _on_inbox(self, delivery: Delivery) -> Outcome:
+    async def _on_inbox_batch(self, deliveries: list[Delivery]) -> list[Outcome]:
+        """The inbox's deliveries of one loop turn: one open batch, then each in turn (an
+        answer only wakes its caller; a notification waits for its replay claim)."""
+        outcomes: list[Outcome] = []
+        for delivery, opened in zip(
+            deliveries, await self._endpoint.open_many(deliveries), strict=True
+        ):
+            if isinstance(opened, Exception):
+                if not isinstance(opened, EnvelopeError):
+                    log.error("open failed", exc_info=opened, extra={"queue": delivery.queue})
+                outcomes.append(outcome_for_error(opened))
+                continue
+            try:
+                outcomes.append(await self._route(delivery, opened))
+            except Exception as exc:
+                log.exception("inbox handling failed", extra={"queue": delivery.queue})
+                outcomes.append(outcome_for_error(exc))
+        return outcomes
+
+    async def _route(self, delivery: Delivery, opened: OpenedMessage) -> Outcome:
         # Answers are deduplicated by the table of pending requests, not by the replay store:
         # an answer is accepted only while its request (a random 128-bit id, named in the
         # signed correlation id) is waiting, and only once. A replayed or redelivered answer
         # finds its request answered or gone and is dropped, so the store's two writes per
         # answer would protect nothing more; they were a tenth of the caller's CPU per request
         # (docs/benchmarks.md). Everything else (notifications) goes through the store.
-        try:
-            opened = await self._endpoint.open_async(delivery)
-        except EnvelopeError as exc:
-            return DeadLetter(exc.code, exc.detail)
         if opened.correlation_id is None:
             return await self._endpoint.guarded_opened(delivery, opened, self._notify)
         pending = self._pending.get(opened.correlation_id)

@@ -170,3 +170,48 @@ async def test_open_many_joins_the_envelope_thread_queue() -> None:
     assert [len(r) for r in results] == [3, 3, 3]
     assert all(not isinstance(o, Exception) for r in results for o in r)
     assert handoffs == [9]
+
+
+async def test_the_requester_inbox_batch_routes_each_answer_on_its_own() -> None:
+    # The AF's inbox consumes in batch mode: one open batch, then every delivery its own
+    # verdict: the awaited answer wakes its caller, a repeat is dropped, a tampered one and an
+    # answer from a party that was never asked are refused, a notification reaches its handler.
+    from broker_adapter.secure import SecureRequester, _Pending
+
+    world = _World()
+    network = world.endpoint.codec  # seals as "network"
+    af_endpoint = SecureEndpoint(
+        codec=world.sender, guard=world.guard,
+        publisher=Publisher(cast(Any, _NoBroker()), AF))
+    notified: list[bytes] = []
+
+    async def on_notification(opened: OpenedMessage) -> None:
+        notified.append(opened.body)
+
+    requester = SecureRequester(af_endpoint, cast(Any, _NoBroker()), "af.inbox",
+                                on_notification=on_notification)
+    request_id, other_id = b"\x01" * 16, b"\x02" * 16
+    waiting = asyncio.get_running_loop().create_future()
+    requester._pending[request_id] = _Pending(waiting, "network")
+    requester._pending[other_id] = _Pending(asyncio.get_running_loop().create_future(), "nef2")
+
+    def answer(body: bytes, correlation_id: bytes | None) -> bytes:
+        return network.encode(recipient=AF, msg_type="akma.t", body=body,
+                              correlation_id=correlation_id).data
+
+    tampered = bytearray(answer(b"forged", request_id))
+    tampered[-1] ^= 1
+    batch = [
+        _delivery(bytes(tampered), "network"),
+        _delivery(answer(b"the answer", request_id), "network"),
+        _delivery(answer(b"again", request_id), "network"),
+        _delivery(answer(b"not asked", other_id), "network"),
+        _delivery(answer(b"context removed", None), "network"),
+    ]
+    outcomes = await requester._on_inbox_batch(batch)
+    assert isinstance(outcomes[0], DeadLetter) and outcomes[0].code == "decryption_failed"
+    assert outcomes[1] == outcomes[2] == Ack()
+    assert isinstance(outcomes[3], DeadLetter) and outcomes[3].code == "unexpected_responder"
+    assert outcomes[4] == Ack()
+    assert waiting.result().body == b"the answer"
+    assert notified == [b"context removed"]
