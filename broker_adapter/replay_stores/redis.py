@@ -135,8 +135,7 @@ class RedisReplayStore:
     async def claim_many(
         self, items: Sequence[tuple[bytes, Entry]], now_ms: int
     ) -> list[Decision | Exception]:
-        # The list is one pipeline of its own, not queued call by call for the turn's batch:
-        # it already is a batch, and a future per item would cost more than it groups.
+        # The list joins the turn's pipeline as one submission: one future, not one per item.
         calls: list[_Call | Exception] = []
         for key, candidate in items:
             try:
@@ -175,14 +174,11 @@ class RedisReplayStore:
         return _Call(self._complete_script, self.redis_key(key), args)
 
     async def _run_calls(self, calls: list[_Call | Exception]) -> list[object]:
-        """One pipeline for the calls; items that are already errors keep their place."""
+        """The calls join this loop turn's pipeline together (one future for all of them);
+        items that are already errors keep their place. A failed pipeline raises
+        ``ReplayStoreError`` (the batcher's ``on_failure``)."""
         ready = [c for c in calls if isinstance(c, _Call)]
-        try:
-            results = iter(await self._run_batch(ready) if ready else [])
-        except ReplayStoreError:
-            raise
-        except Exception as exc:  # the connection or the server, not one call
-            raise ReplayStoreError(f"replay store: {exc!r}") from exc
+        results = iter(await self._batches.submit_many(ready) if ready else [])
         return [c if isinstance(c, Exception) else next(results) for c in calls]
 
     async def release(self, key: bytes, token: bytes, now_ms: int) -> bool:
