@@ -86,8 +86,9 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", (f"## Throughput ({tp['count']} messages of {tp['body_bytes']} bytes, "
                        f"window {tp['window']}, prefetch {tp['prefetch']})"), "",
                   ("| variant | msg/s | ratio to plain | producer CPU us/msg | consumer CPU us/msg "
-                   "| broker CPU us/msg | frames per write (producer) | runs |"),
-                  "|---|---:|---:|---:|---:|---:|---:|---|"]
+                   "| of it on the loop | loop busy | broker CPU us/msg "
+                   "| frames per write (producer) | runs |"),
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for name, row in tp["variants"].items():
             broker = row.get("broker_cpu_us_per_msg")
             # "-": stock aio-pika's transport, one socket write per frame.
@@ -95,6 +96,8 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(
                 f"| {name} | {row['msg_per_s']:.0f} | {row['ratio_to_plain']:.2f} | "
                 f"{row['producer_cpu_us_per_msg']:.0f} | {row['consumer_cpu_us_per_msg']:.0f} | "
+                f"{_num(row.get('consumer_loop_cpu_us_per_msg'), '.0f')} | "
+                f"{_num(row.get('consumer_loop_busy'), '.0%')} | "
                 f"{'-' if broker is None else f'{broker:.0f}'} | "
                 f"{'-' if fpw is None else f'{fpw:.0f}'} | "
                 f"{', '.join(f'{x:.0f}' for x in row['runs_msg_per_s'])} |")
@@ -244,3 +247,8 @@ def write_all(results: dict[str, Any], out_dir: Path) -> str:
     (out_dir / "latest.md").write_text(text)
     chart(results, out_dir / "latest.png")
     return text
+
+
+def _num(value: float | None, spec: str) -> str:
+    """A table cell; "-" for a figure an older result file does not have."""
+    return "-" if value is None else format(value, spec)
