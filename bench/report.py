@@ -38,6 +38,10 @@ def headline(results: dict[str, Any]) -> dict[str, float]:
             # Not a target: the ceiling that one signature per message alone leaves any
             # secured path on this machine (docs/benchmarks.md).
             out["signature_floor_ratio"] = variants["plain_signed"]["ratio_to_plain"]
+    drain = results.get("drain")
+    if drain and "secured_sqlite" in drain["variants"]:
+        # Not a target: the consumer alone emptying a backlog, without a producer on the cores.
+        out["drain_ratio"] = drain["variants"]["secured_sqlite"]["ratio_to_plain"]
     lat = results.get("latency")
     if lat:
         # The worst concurrency level is the headline: a p99 that holds only when idle is no
@@ -78,13 +82,19 @@ def markdown(results: dict[str, Any]) -> str:
     for name, v in results["targets"].items():
         lines.append(f"| `{name}` | {v['value']:.2f} | {v['target']} | {'yes' if v['met'] else 'NO'} |")
     for name in ("signature_floor_ratio", "signature_floor_on_shell_ratio",
-                 "secured_vs_transport_ratio", "worker_scaling"):
+                 "secured_vs_transport_ratio", "drain_ratio", "worker_scaling"):
         if name in results["metrics"]:
             lines.append(f"| `{name}` | {results['metrics'][name]:.2f} | (reported) | |")
-    tp = results.get("throughput")
-    if tp:
-        lines += ["", (f"## Throughput ({tp['count']} messages of {tp['body_bytes']} bytes, "
-                       f"window {tp['window']}, prefetch {tp['prefetch']})"), "",
+    for part in ("throughput", "drain"):
+        tp = results.get(part)
+        if not tp:
+            continue
+        title = (f"## Throughput ({tp['count']} messages of {tp['body_bytes']} bytes, "
+                 f"window {tp['window']}, prefetch {tp['prefetch']})"
+                 if part == "throughput" else
+                 f"## Draining a backlog ({tp['count']} messages published first, then one "
+                 f"consumer, prefetch {tp['prefetch']}; msg/s = the consumer's own rate)")
+        lines += ["", title, "",
                   ("| variant | msg/s | ratio to plain | producer CPU us/msg | consumer CPU us/msg "
                    "| of it on the loop | loop busy | broker CPU us/msg "
                    "| frames per write (producer) | runs |"),

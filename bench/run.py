@@ -30,6 +30,7 @@ from bench.scaling import ScalingConfig, run_scaling
 from bench.throughput import (
     ASYNCIO_LOOP_VARIANTS,
     DEFAULT_VARIANTS,
+    DRAIN_VARIANTS,
     VARIANTS,
     ThroughputConfig,
     run_throughput,
@@ -37,7 +38,7 @@ from bench.throughput import (
 from infra.local_broker import LocalBroker
 from infra.pki import ensure_dev_pki
 
-PARTS = ("cpu", "pieces", "memory", "throughput", "latency", "scaling")
+PARTS = ("cpu", "pieces", "memory", "throughput", "drain", "latency", "scaling")
 
 
 def _log(text: str) -> None:
@@ -62,6 +63,12 @@ async def _broker_parts(dep: Deployment, parts: set[str], sizes: dict[str, Any],
         _log("== throughput: producer and consumer processes")
         results["throughput"] = run_throughput(
             dep, ThroughputConfig(count=sizes["tp"], rounds=rounds, variants=tp_variants),
+            redis, _log)
+    if "drain" in parts:
+        _log("== draining a backlog: publish first, then one consumer process")
+        results["drain"] = run_throughput(
+            dep, ThroughputConfig(count=sizes["tp"], rounds=rounds, variants=DRAIN_VARIANTS,
+                                  drain=True),
             redis, _log)
     if parts & {"latency", "scaling"}:
         akma = prepare_akma(dep, sizes["subscribers"])
@@ -120,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             _log("== replay state per live message id")
             results["memory"] = asyncio.run(
                 run_memory(_workdir(args.work / "memory"), redis, sizes["mem"]))
-        if parts & {"throughput", "latency", "scaling"}:
+        if parts & {"throughput", "drain", "latency", "scaling"}:
             pki = ensure_dev_pki(args.work / "pki", afs=[AF])
             broker = LocalBroker(args.work / "broker", pki)
             if broker.is_running():

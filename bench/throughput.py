@@ -48,6 +48,10 @@ DEFAULT_VARIANTS = (
 )
 
 
+# Part 7, draining a backlog: the consumer alone, without a producer competing for the cores.
+DRAIN_VARIANTS = ("plain", "transport", "secured_sqlite", "secured_sqlite_single")
+
+
 @dataclass(frozen=True)
 class ThroughputConfig:
     count: int
@@ -55,6 +59,10 @@ class ThroughputConfig:
     window: int = 256
     prefetch: int = 256
     variants: tuple[str, ...] = DEFAULT_VARIANTS
+    # Publish everything first, then start the consumer: measures how fast a consumer empties
+    # a backlog (a worker catching up after an outage), with the cores to itself and the
+    # broker; msg/s is then the consumer's own rate (first to last delivery).
+    drain: bool = False
 
 
 def _one_run(dep: Deployment, variant: str, cfg: ThroughputConfig, run: int,
@@ -70,17 +78,25 @@ def _one_run(dep: Deployment, variant: str, cfg: ThroughputConfig, run: int,
     if store == "redis":
         assert redis is not None
         security.update(replay_redis_url=redis.url, replay_redis_prefix=redis.prefix)
-    label = f"tp-{variant}-{run}"
-    cons = Child.role(
-        label + "-consumer",
-        "tp-consumer",
-        {"mode": mode, "count": cfg.count, "prefetch": cfg.prefetch, "body_bytes": BODY_BYTES,
-         "event_loop": event_loop, "party": dep.party_config(NETWORK, **security)},
-        dep.work,
-    )
+    label = f"{'drain' if cfg.drain else 'tp'}-{variant}-{run}"
+
+    def consumer() -> Child:
+        return Child.role(
+            label + "-consumer",
+            "tp-consumer",
+            {"mode": mode, "count": cfg.count, "prefetch": cfg.prefetch,
+             "body_bytes": BODY_BYTES, "event_loop": event_loop,
+             "party": dep.party_config(NETWORK, **security)},
+            dep.work,
+        )
+
+    cons: Child | None = None
     prod: Child | None = None
+    timeout = max(120.0, cfg.count / 100)
     try:
-        cons.event("ready")
+        if not cfg.drain:
+            cons = consumer()
+            cons.event("ready")
         prod = Child.role(
             label + "-producer",
             "tp-producer",
@@ -89,19 +105,25 @@ def _one_run(dep: Deployment, variant: str, cfg: ThroughputConfig, run: int,
             dep.work,
         )
         prod.event("ready")
+        if cfg.drain:
+            p = prod.event("result", timeout)
+            prod.stop(grace_s=10)
+            cons = consumer()
         broker0 = dep.broker_cpu_s()
-        timeout = max(120.0, cfg.count / 100)
-        p = prod.event("result", timeout)
+        if not cfg.drain:
+            p = prod.event("result", timeout)
+        assert cons is not None
         c = cons.event("result", timeout)
         broker1 = dep.broker_cpu_s()
     finally:
         # Both exit by themselves after reporting; the grace lets a profiler write its output.
         if prod is not None:
             prod.stop(grace_s=10)
-        cons.stop(grace_s=10)
+        if cons is not None:
+            cons.stop(grace_s=10)
         if redis is not None and store == "redis":
             redis.clean()
-    elapsed = c["last_ts"] - p["start_ts"]
+    elapsed = c["last_ts"] - (c["first_ts"] if cfg.drain else p["start_ts"])
     return {
         "msg_per_s": cfg.count / elapsed,
         "publish_msg_per_s": cfg.count / (p["end_ts"] - p["start_ts"]),
@@ -134,7 +156,8 @@ def run_throughput(dep: Deployment, cfg: ThroughputConfig, redis: RedisPrefix | 
             started = time.monotonic()
             result = _one_run(dep, variant, cfg, round_, redis)
             runs[variant].append(result)
-            log(f"  throughput {variant:15s} round {round_ + 1}: {result['msg_per_s']:8.0f} msg/s "
+            log(f"  {'drain' if cfg.drain else 'throughput'} {variant:15s} round {round_ + 1}: "
+                f"{result['msg_per_s']:8.0f} msg/s "
                 f"(consumer CPU {result['consumer_cpu_us_per_msg']:.0f} us/msg, loop "
                 f"{result['consumer_loop_cpu_us_per_msg']:.0f} us/msg, busy "
                 f"{result['consumer_loop_busy']:.0%}, "
