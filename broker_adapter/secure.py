@@ -348,6 +348,7 @@ class SecureEndpoint:
         except ReplayStoreError as exc:
             claims = [exc] * len(pending)
         accepted: list[tuple[int, OpenedMessage, Claim]] = []
+        duplicates: list[tuple[int, OpenedMessage, Claim]] = []
         waiting: list[tuple[int, OpenedMessage]] = []
         for (i, opened), claim in zip(pending, claims, strict=True):
             if isinstance(claim, ReplayStoreError):
@@ -357,8 +358,7 @@ class SecureEndpoint:
             elif claim.outcome is ClaimOutcome.DUPLICATE_IN_PROGRESS:
                 waiting.append((i, opened))
             elif claim.outcome is ClaimOutcome.DUPLICATE_DONE:
-                outcomes[i] = await self._duplicate_done(
-                    deliveries[i], opened, claim, on_duplicate)
+                duplicates.append((i, opened, claim))
             else:
                 self._accepted(deliveries[i], opened, claim)
                 accepted.append((i, opened, claim))
@@ -390,7 +390,18 @@ class SecureEndpoint:
                 log.exception("handling failed", extra={"queue": deliveries[i].queue})
                 outcomes[i] = outcome_for_error(exc)
 
-        await asyncio.gather(run_accepted(), *(run_waiting(i, o) for i, o in waiting))
+        async def run_duplicate(i: int, opened: OpenedMessage, claim: Claim) -> None:
+            # Side by side, not one after the other: ``on_duplicate`` may publish a cached
+            # answer and wait for its confirm, and a replay flood brings many per batch.
+            try:
+                outcomes[i] = await self._duplicate_done(deliveries[i], opened, claim,
+                                                         on_duplicate)
+            except Exception as exc:
+                log.exception("duplicate handling failed", extra={"queue": deliveries[i].queue})
+                outcomes[i] = outcome_for_error(exc)
+
+        await asyncio.gather(run_accepted(), *(run_waiting(i, o) for i, o in waiting),
+                             *(run_duplicate(i, o, c) for i, o, c in duplicates))
         return [o if o is not None else Requeue("no outcome") for o in outcomes]
 
     async def _duplicate_done(

@@ -215,3 +215,26 @@ async def test_the_requester_inbox_batch_routes_each_answer_on_its_own() -> None
     assert outcomes[4] == Ack()
     assert waiting.result().body == b"the answer"
     assert notified == [b"context removed"]
+
+
+async def test_finished_duplicates_of_a_batch_are_answered_side_by_side() -> None:
+    # on_duplicate may publish a cached answer and wait for its confirm: a replay flood must not
+    # make a batch wait for them one after the other. Each call here returns only once all three
+    # are under way, which never happens if they run in sequence.
+    world = _World()
+    data = [world.seal(bytes([i])) for i in range(3)]
+    assert await world.endpoint.guarded_batch([_delivery(d, AF) for d in data],
+                                              world.process) == [Ack()] * 3
+    active, all_in = 0, asyncio.Event()
+
+    async def slow_resend(opened: OpenedMessage, claim: Claim) -> None:
+        nonlocal active
+        active += 1
+        if active == 3:
+            all_in.set()
+        await asyncio.wait_for(all_in.wait(), 5)
+
+    outcomes = await world.endpoint.guarded_batch([_delivery(d, AF) for d in data],
+                                                  world.process, slow_resend)
+    assert outcomes == [Ack()] * 3 and active == 3
+    assert world.processed == [b"\x00", b"\x01", b"\x02"]  # processed once, then duplicates
