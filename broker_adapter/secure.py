@@ -382,26 +382,24 @@ class SecureEndpoint:
             for (i, _, _), outcome in zip(accepted, done, strict=True):
                 outcomes[i] = outcome
 
-        async def run_waiting(i: int, opened: OpenedMessage) -> None:
+        async def alone(i: int, step: Awaitable[Outcome]) -> None:
+            # One message's own step, isolated: whatever it raises is that message's verdict.
             try:
-                outcomes[i] = await self.guarded_opened(deliveries[i], opened, one_alone,
-                                                        on_duplicate)
+                outcomes[i] = await step
             except Exception as exc:
                 log.exception("handling failed", extra={"queue": deliveries[i].queue})
                 outcomes[i] = outcome_for_error(exc)
 
-        async def run_duplicate(i: int, opened: OpenedMessage, claim: Claim) -> None:
-            # Side by side, not one after the other: ``on_duplicate`` may publish a cached
-            # answer and wait for its confirm, and a replay flood brings many per batch.
-            try:
-                outcomes[i] = await self._duplicate_done(deliveries[i], opened, claim,
-                                                         on_duplicate)
-            except Exception as exc:
-                log.exception("duplicate handling failed", extra={"queue": deliveries[i].queue})
-                outcomes[i] = outcome_for_error(exc)
-
-        await asyncio.gather(run_accepted(), *(run_waiting(i, o) for i, o in waiting),
-                             *(run_duplicate(i, o, c) for i, o, c in duplicates))
+        # Side by side, not one after the other: a lease wait takes up to seconds, and
+        # ``on_duplicate`` may publish a cached answer and wait for its confirm (a replay flood
+        # brings many per batch).
+        await asyncio.gather(
+            run_accepted(),
+            *(alone(i, self.guarded_opened(deliveries[i], o, one_alone, on_duplicate))
+              for i, o in waiting),
+            *(alone(i, self._duplicate_done(deliveries[i], o, c, on_duplicate))
+              for i, o, c in duplicates),
+        )
         return [o if o is not None else Requeue("no outcome") for o in outcomes]
 
     async def _duplicate_done(
