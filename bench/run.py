@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="secured vs plain benchmarks")
     parser.add_argument("--quick", action="store_true", help="short smoke run")
     parser.add_argument("--tiny", action="store_true", help="minimal counts (the smoke test)")
-    parser.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 3)")
+    parser.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 5)")
     parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated subset")
     parser.add_argument("--tp-variants", default=None,
                         help="throughput variants (default all): plain,transport,secured_sqlite,...")
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parts = set(args.parts.split(","))
     if unknown := parts - set(PARTS):
         parser.error(f"unknown parts: {sorted(unknown)}")
-    rounds = args.rounds if args.rounds is not None else (1 if args.tiny else 3)
+    rounds = args.rounds if args.rounds is not None else (1 if args.tiny else 5)
     if rounds < 1:
         parser.error("--rounds must be positive")
     sizes = _sizes(args.quick, args.tiny)
