@@ -308,12 +308,12 @@ class SecureEndpoint:
         try:
             return await process(opened, claim)
         except asyncio.CancelledError:
-            await self._release_quietly(claim)
+            await self.release_quietly(claim)
             raise
         except Exception:
             # A bug or a transient fault in the handler: free the claim so the redelivery
             # (bounded by the delivery limit) can process it again.
-            await self._release_quietly(claim)
+            await self.release_quietly(claim)
             raise
 
     async def guarded_batch(
@@ -335,10 +335,7 @@ class SecureEndpoint:
         pending: list[tuple[int, OpenedMessage]] = []
         for i, opened in enumerate(opened_all):
             if isinstance(opened, Exception):
-                if not isinstance(opened, EnvelopeError):
-                    log.error("open failed", exc_info=opened,
-                              extra={"queue": deliveries[i].queue})
-                outcomes[i] = outcome_for_error(opened)
+                outcomes[i] = open_failure(deliveries[i], opened)
             else:
                 pending.append((i, opened))
         try:
@@ -374,7 +371,7 @@ class SecureEndpoint:
             except BaseException as exc:
                 # ``process`` answers per message; raising means a bug or a cancellation:
                 # free every claim so the redeliveries can process them (as ``guarded``).
-                await asyncio.gather(*(self._release_quietly(c) for _, _, c in accepted))
+                await asyncio.gather(*(self.release_quietly(c) for _, _, c in accepted))
                 if not isinstance(exc, Exception):
                     raise
                 log.exception("batch processing failed", extra={"queue": deliveries[0].queue})
@@ -428,13 +425,18 @@ class SecureEndpoint:
 
     async def release_quietly(self, claim: Claim) -> None:
         """Release after a failed handling; a store that is down lets the lease expire."""
-        await self._release_quietly(claim)
-
-    async def _release_quietly(self, claim: Claim) -> None:
         try:
             await self.guard.release(claim)
         except ReplayStoreError:
             log.warning("could not release claim; it expires with its lease")
+
+
+def open_failure(delivery: Delivery, exc: Exception) -> Outcome:
+    """The outcome of a delivery that could not be opened: an ``EnvelopeError`` is a verdict on
+    the message (dead-letter with its code); anything else is our fault and is logged."""
+    if not isinstance(exc, EnvelopeError):
+        log.error("open failed", exc_info=exc, extra={"queue": delivery.queue})
+    return outcome_for_error(exc)
 
 
 class _MissingUserId(EnvelopeError):
@@ -624,9 +626,7 @@ class SecureRequester:
             deliveries, await self._endpoint.open_many(deliveries), strict=True
         ):
             if isinstance(opened, Exception):
-                if not isinstance(opened, EnvelopeError):
-                    log.error("open failed", exc_info=opened, extra={"queue": delivery.queue})
-                outcomes.append(outcome_for_error(opened))
+                outcomes.append(open_failure(delivery, opened))
                 continue
             try:
                 outcomes.append(await self._route(delivery, opened))
