@@ -50,6 +50,7 @@ from network_side.akma import UA_TLS13_SHARED_KEY, make_af_id
 from network_side.context_store import SqliteContextStore
 from network_side.messages import AkmaAfKeyRequest, decode_body
 from network_side.nef import Nef
+from network_side.node import NetworkNode, start_network_node
 from network_side.service import NetworkService
 from network_side.ue_sim import UeSimulator
 
@@ -285,15 +286,11 @@ class CountingNetworkService(NetworkService):
 
 @dataclass
 class InProcessNetwork:
-    party: SecureParty
-    service: CountingNetworkService
-    store: SqliteContextStore
+    node: NetworkNode
     log: ProcessingLog
 
     async def close(self) -> None:
-        await self.service.stop(drain_timeout_s=5)
-        await self.party.close()
-        self.store.close()
+        await self.node.close(drain_timeout_s=5)
 
 
 @asynccontextmanager
@@ -307,18 +304,22 @@ async def inprocess_network(
     **security: Any,
 ) -> AsyncIterator[InProcessNetwork]:
     """The network worker built as ``python -m network_side`` builds it, plus the counting hook."""
-    store = SqliteContextStore(lab.root / "contexts-inproc.sqlite3", master_key=lab.master_key())
-    aanf = Aanf(store, system_clock_ms, AanfConfig())
-    register_subscribers(aanf, ues)
-    nef = Nef(AfRegistry.load(lab.registry), aanf, system_clock_ms)
-    party = await open_secure_party(
-        broker, security_settings(lab, NETWORK, lab.root / "replay-network.sqlite3", **security)
-    )
     counting = log or ProcessingLog()
-    service = CountingNetworkService(party, nef, prefetch=prefetch, log=counting)
-    await service.start()
-    net = InProcessNetwork(party, service, store, counting)
+
+    def counting_service(party: SecureParty, nef: Nef, prefetch: int) -> NetworkService:
+        return CountingNetworkService(party, nef, prefetch=prefetch, log=counting)
+
+    node = await start_network_node(
+        broker,
+        security_settings(lab, NETWORK, lab.root / "replay-network.sqlite3", **security),
+        store=SqliteContextStore(lab.root / "contexts-inproc.sqlite3", master_key=lab.master_key()),
+        registry=AfRegistry.load(lab.registry),
+        prefetch=prefetch,
+        service_factory=counting_service,
+    )
+    net = InProcessNetwork(node, counting)
     try:
+        register_subscribers(node.aanf, ues)
         yield net
     finally:
         await net.close()

@@ -21,13 +21,12 @@ from broker_adapter.runtime import SecureParty, SecuritySettings, open_secure_pa
 from broker_adapter.secure import SecureRequester
 from broker_adapter.transport import Ack, Consumer, Delivery, Outcome
 from infra.pki import PkiLayout
-from network_side.aanf import Aanf, AanfConfig
+from network_side.aanf import AanfConfig
 from network_side.af_registry import AfRegistry
 from network_side.akma import UA_TLS13_SHARED_KEY, make_af_id
 from network_side.context_store import SqliteContextStore
 from network_side.messages import AkmaKeyInfo, AnchorKeyRegistered, CtxRemove, decode_body
-from network_side.nef import Nef
-from network_side.service import NetworkService
+from network_side.node import NetworkNode, start_network_node
 from tests.integration.support import Management, party_settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,19 +49,6 @@ async def open_party(broker: Any, pki: PkiLayout, name: str, workdir: Path, **se
     )
 
 
-@dataclass
-class Network:
-    party: SecureParty
-    service: NetworkService
-    aanf: Aanf
-    store: SqliteContextStore
-
-    async def close(self) -> None:
-        await self.service.stop(drain_timeout_s=2)
-        await self.party.close()
-        self.store.close()
-
-
 @asynccontextmanager
 async def network(
     broker: Any,
@@ -74,21 +60,26 @@ async def network(
     registry: AfRegistry | None = None,
     master_key: bytes | None = None,
     **security: Any,
-) -> AsyncIterator[Network]:
+) -> AsyncIterator[NetworkNode]:
+    """The network worker as ``python -m network_side`` assembles it (``start_network_node``)."""
     # Pass the same ``master_key`` to bring a network back over the same context database.
     store = SqliteContextStore(
         workdir / "contexts.sqlite3", master_key=master_key or os.urandom(32)
     )
-    aanf = Aanf(store, clock, config or AanfConfig())
-    nef = Nef(registry or AfRegistry.load(REGISTRY), aanf, clock)
-    party = await open_party(broker, pki, pki.network, workdir, **security)
-    service = NetworkService(party, nef)
-    await service.start()
-    net = Network(party, service, aanf, store)
+    net = await start_network_node(
+        party_settings(broker, pki, pki.network),
+        security_for(pki, pki.network, workdir, **security),
+        store=store,
+        registry=registry or AfRegistry.load(REGISTRY),
+        clock=clock,
+        aanf_config=config,
+        # Tests that move a clock purge when they choose, not every minute of real time.
+        purge_interval_s=None,
+    )
     try:
         yield net
     finally:
-        await net.close()
+        await net.close(drain_timeout_s=2)
 
 
 @asynccontextmanager
@@ -246,7 +237,7 @@ __all__ = [
     "AnchorKeyRegistered",
     "Ausf",
     "InboxRecorder",
-    "Network",
+    "NetworkNode",
     "ShiftedClock",
     "af",
     "ausf",

@@ -23,7 +23,10 @@ from broker_adapter.replay import Claim
 from broker_adapter.runtime import SecureParty
 from broker_adapter.secure import SecureRequester
 from broker_adapter.transport import Ack, Delivery, Outcome
+from network_side.af_registry import AfRegistry
 from network_side.akma import UA_TLS13_SHARED_KEY, make_af_id
+from network_side.context_store import SqliteContextStore
+from network_side.errors import StoreError
 from network_side.messages import (
     AkmaAfKeyData,
     AkmaAfKeyRequest,
@@ -31,8 +34,12 @@ from network_side.messages import (
     Rejected,
     decode_body,
 )
+from network_side.nef import Nef
+from network_side.node import start_network_node
+from network_side.service import NetworkService
 from network_side.ue_sim import UeSimulator
 from tests.integration import akma_harness as h
+from tests.integration.support import party_settings
 
 pytestmark = pytest.mark.broker
 
@@ -313,3 +320,27 @@ async def test_envelope_for_another_recipient_is_dead_lettered(
             assert h.metric_total(REQUESTS) == handled
         finally:
             await party.close()
+
+
+async def test_a_node_that_fails_to_start_leaves_nothing_open(
+    broker: Any, pki: Any, tmp_path: Path
+) -> None:
+    """``start_network_node`` owns the store and the party it opened: a failed start closes both."""
+    store = SqliteContextStore(tmp_path / "contexts.sqlite3", master_key=os.urandom(32))
+    opened: list[SecureParty] = []
+
+    def failing_service(party: SecureParty, nef: Nef, prefetch: int) -> NetworkService:
+        opened.append(party)
+        raise RuntimeError("service could not be built")
+
+    with pytest.raises(RuntimeError, match="could not be built"):
+        await start_network_node(
+            party_settings(broker, pki, pki.network),
+            h.security_for(pki, pki.network, tmp_path),
+            store=store,
+            registry=AfRegistry.load(h.REGISTRY),
+            service_factory=failing_service,
+        )
+    assert len(opened) == 1 and opened[0].connection.is_closed
+    with pytest.raises(StoreError):  # the store was closed
+        store.get("anything@example.org")
