@@ -46,6 +46,9 @@ def test_bench_harness_runs_end_to_end_in_tiny_mode(tmp_path: Path) -> None:
     assert all(row["msg_per_s"] > 0 and row["rejected"] == 0 for row in drain.values())
     assert results["metrics"]["drain_ratio"] > 0
     assert set(results["latency"]["levels"]) == {"1", "16", "64"}
+    # Reported beside rpc_p99_ratio (CPU per request, read from /proc: coarse at these counts).
+    assert results["metrics"]["rpc_cpu_floor_ratio"] > 0
+    assert results["metrics"]["rpc_cpu_ratio"] > 0
     assert results["scaling"]["worker_scaling"] > 0
     assert results["memory"]["sqlite"]["ids"] == 300
     assert results["envelope_cpu"]["envelope_vs_jose_ratio"] > 0
