@@ -24,8 +24,7 @@ import asyncio
 import logging
 from collections import deque
 from dataclasses import dataclass, field
-
-from aio_pika.abc import AbstractIncomingMessage
+from typing import Protocol
 
 log = logging.getLogger("broker_adapter.transport")
 
@@ -92,6 +91,17 @@ class AckLedger:
         return AckPlan(up_to, singles)
 
 
+class Delivered(Protocol):
+    """What settling needs of a delivery: aio-pika's ``IncomingMessage`` and our
+    ``RawDelivery`` both have it. ``channel`` raises once the channel is closed."""
+
+    @property
+    def delivery_tag(self) -> int | None: ...
+
+    @property
+    def channel(self) -> object: ...
+
+
 class AckBatcher:
     """Sends the acks of one consumer's channel, coalesced per turn of the event loop."""
 
@@ -102,7 +112,7 @@ class AckBatcher:
         self._plans: deque[tuple[object, AckPlan]] = deque()
         self._sender: asyncio.Task[None] | None = None
 
-    def delivered(self, message: AbstractIncomingMessage) -> None:
+    def delivered(self, message: Delivered) -> None:
         channel = _channel_of(message)
         if channel is None:
             return
@@ -113,7 +123,7 @@ class AckBatcher:
         if message.delivery_tag is not None:
             self._ledger.delivered(message.delivery_tag)
 
-    def ack(self, message: AbstractIncomingMessage) -> None:
+    def ack(self, message: Delivered) -> None:
         """Mark ``message`` finished; its ack goes out at the end of this loop turn."""
         if _channel_of(message) is not self._channel or message.delivery_tag is None:
             return  # Its channel is gone; so is the delivery.
@@ -122,7 +132,7 @@ class AckBatcher:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
-    def settle_elsewhere(self, message: AbstractIncomingMessage) -> None:
+    def settle_elsewhere(self, message: Delivered) -> None:
         """Call before nacking or rejecting ``message`` individually."""
         if _channel_of(message) is self._channel and message.delivery_tag is not None:
             self._ledger.settled_elsewhere(message.delivery_tag)
@@ -157,7 +167,7 @@ class AckBatcher:
             await asyncio.gather(self._sender, return_exceptions=True)
 
 
-def _channel_of(message: AbstractIncomingMessage) -> object | None:
+def _channel_of(message: Delivered) -> object | None:
     """The delivery's channel, or None once it is closed (aio-pika raises then)."""
     try:
         return message.channel

@@ -17,14 +17,22 @@ from yarl import URL
 
 from broker_adapter.errors import TransportError
 from broker_adapter.transport.coalesce import CoalescingTLSTransportFactory, WriteStats
+from broker_adapter.transport.raw_consume import RawConsumeChannel
 from broker_adapter.transport.settings import BrokerSettings
 from broker_adapter.transport.tls import client_ssl_context
 
 log = logging.getLogger("broker_adapter.transport")
 
 
-class CoalescingRobustConnection(aio_pika.RobustConnection):
-    """aio-pika's robust connection over our coalescing TLS transport (``coalesce.py``).
+class RawConsumeRobustConnection(aio_pika.RobustConnection):
+    """aio-pika's robust connection whose channels take ``RawDeliveryCallback`` consumers
+    (``raw_consume.py``); every other use is aio-pika's own."""
+
+    CHANNEL_CLASS = RawConsumeChannel
+
+
+class CoalescingRobustConnection(RawConsumeRobustConnection):
+    """Our robust connection over our coalescing TLS transport (``coalesce.py``).
 
     aio-pika keeps only the keyword arguments it knows and turns the rest into URL query
     parameters, so the factory is set on the arguments it hands to aiormq for every
@@ -85,7 +93,7 @@ async def connect(
     ctx = client_ssl_context(settings.ca_file, settings.cert_file, settings.key_file)
     url = amqp_url(settings, connection_name=connection_name)
     connection_class = (
-        CoalescingRobustConnection if settings.coalesce_writes else aio_pika.RobustConnection
+        CoalescingRobustConnection if settings.coalesce_writes else RawConsumeRobustConnection
     )
     try:
         connection = await aio_pika.connect_robust(

@@ -9,6 +9,7 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import aio_pika
 import pytest
 
 from broker_adapter.errors import PublishReturnedError
@@ -24,6 +25,9 @@ from broker_adapter.transport import (
     RpcClient,
     connect,
 )
+from broker_adapter.transport.connection import amqp_url
+from broker_adapter.transport.raw_consume import RawConsumeChannel
+from broker_adapter.transport.tls import client_ssl_context
 from tests.integration.support import Management, party_settings
 
 pytestmark = pytest.mark.broker
@@ -417,3 +421,55 @@ def test_a_consumer_takes_exactly_one_kind_of_handler() -> None:
         Consumer(fake, "q", publisher=fake)
     with pytest.raises(BrokerAdapterError):
         Consumer(fake, "q", publisher=fake, batch_handler=many, max_batch=0)
+
+
+async def _one_delivery(connection: Any, publisher_party: Party, body: bytes) -> Delivery:
+    """Consume ``network.requests`` on ``connection`` until the message with ``body`` arrives."""
+    got: asyncio.Future[Delivery] = asyncio.get_running_loop().create_future()
+
+    async def record(delivery: Delivery) -> Outcome:
+        if delivery.body == body and not got.done():
+            got.set_result(delivery)
+        return Ack()
+
+    consumer = Consumer(connection, "network.requests", record,
+                        publisher=Publisher(connection, NET, confirm_timeout_s=5))
+    await consumer.start()
+    try:
+        await publisher_party.publisher.publish(
+            "akma.requests", "network",
+            OutgoingMessage(body=body, message_id=secrets.token_hex(16),
+                            correlation_id=secrets.token_hex(16), msg_type="akma.test",
+                            headers={"x-trace": "t1"}),
+        )
+        return await asyncio.wait_for(got, 10)
+    finally:
+        await consumer.stop(drain_timeout_s=2)
+
+
+async def test_raw_and_aio_pika_deliveries_read_the_same(
+    parties: dict[str, Party], broker: Any, pki: Any, mgmt: Management
+) -> None:
+    """Our connections hand deliveries over straight from aiormq (``raw_consume.py``); on a
+    connection that is not ours the Consumer takes aio-pika's path. Both read the same fields."""
+    ours = parties[NET].connection
+    settings = party_settings(broker, pki, NET)
+    foreign = await aio_pika.connect_robust(
+        amqp_url(settings), ssl_context=client_ssl_context(
+            settings.ca_file, settings.cert_file, settings.key_file))
+    assert ours.CHANNEL_CLASS is RawConsumeChannel
+    assert not issubclass(foreign.CHANNEL_CLASS, RawConsumeChannel)
+    try:
+        raw = await _one_delivery(ours, parties[AF], b"raw path")
+        stock = await _one_delivery(foreign, parties[AF], b"stock path")
+    finally:
+        await foreign.close()
+    for d, body in ((raw, b"raw path"), (stock, b"stock path")):
+        assert d.body == body and d.queue == "network.requests"
+        assert d.user_id == AF and d.msg_type == "akma.test"
+        assert d.exchange == "akma.requests" and d.routing_key == "network"
+        assert d.headers.get("x-trace") == "t1" and d.redelivered is False
+        assert d.message_id is not None and d.correlation_id is not None
+    assert raw.delivery_count == stock.delivery_count == 0
+    await _wait_for_count(mgmt, "network.requests", 0)  # both were acked
+
