@@ -17,15 +17,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aio_pika.abc import (
-    AbstractChannel,
-    AbstractIncomingMessage,
-    AbstractQueue,
-    AbstractRobustConnection,
-)
+from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnection
 from aiormq.abc import DeliveredMessage
 
-from broker_adapter.errors import BrokerAdapterError, TransportError
+from broker_adapter.errors import BrokerAdapterError, BrokerConfigError, TransportError
 from broker_adapter.transport import metrics
 from broker_adapter.transport.acks import AckBatcher
 from broker_adapter.transport.delivery import (
@@ -46,8 +41,6 @@ from broker_adapter.transport.raw_consume import (
 log = logging.getLogger("broker_adapter.transport")
 
 Handler = Callable[[Delivery], Awaitable[Outcome]]
-# A delivery as it arrives: ours straight from aiormq, or aio-pika's on a foreign connection.
-Incoming = AbstractIncomingMessage | RawDelivery
 # Many deliveries at once, one outcome for each, in order.
 BatchHandler = Callable[[list[Delivery]], Awaitable[list[Outcome]]]
 
@@ -61,28 +54,6 @@ H_REJECTED_AT = "x-akma-rejected-at"
 H_ORIGINAL_USER = "x-akma-original-user-id"
 
 _MAX_DETAIL = 200
-
-
-def to_delivery(message: Incoming, queue: str) -> Delivery:
-    if isinstance(message, RawDelivery):
-        return message.to_delivery(queue)
-    headers = dict(message.headers or {})
-    raw_count = headers.get("x-delivery-count", 0)
-    count = raw_count if isinstance(raw_count, int) else 0
-    return Delivery(
-        body=message.body,
-        queue=queue,
-        message_id=message.message_id,
-        correlation_id=message.correlation_id,
-        msg_type=message.type,
-        reply_to=message.reply_to,
-        user_id=message.user_id,
-        redelivered=bool(message.redelivered),
-        delivery_count=count,
-        exchange=message.exchange,
-        routing_key=message.routing_key,
-        headers=headers,
-    )
 
 
 class Consumer:
@@ -117,7 +88,7 @@ class Consumer:
         self._batch_handler = batch_handler
         self._max_batch = max_batch
         # Deliveries of the current loop turn, waiting for ``_dispatch_turn`` (batch mode).
-        self._turn: list[Incoming] = []
+        self._turn: list[RawDelivery] = []
         self._publisher = publisher
         self._prefetch = prefetch
         self._requeue_backoff_s = requeue_backoff_s
@@ -147,18 +118,18 @@ class Consumer:
         # A passive declare needs no configure permission and, unlike get_queue(ensure=False),
         # is restored by the robust connection after a reconnect together with the consumer.
         self._queue = await self._channel.declare_queue(self._queue_name, passive=True)
-        if isinstance(self._queue, RawConsumeQueue):
-            # Our connections: deliveries straight from aiormq (``raw_consume.py``).
-            self._consumer_tag = await self._queue.consume(
-                RawDeliveryCallback(self._on_raw), no_ack=False)
-        else:
-            self._consumer_tag = await self._queue.consume(self._on_message, no_ack=False)
+        if not isinstance(self._queue, RawConsumeQueue):
+            # Deliveries come straight from aiormq, which only our connections' channels offer.
+            raise BrokerConfigError(
+                "a Consumer needs a connection from broker_adapter.transport.connect")
+        self._consumer_tag = await self._queue.consume(
+            RawDeliveryCallback(self._on_raw), no_ack=False)
         log.info("consuming", extra={"queue": self._queue_name})
 
     async def _on_raw(self, message: DeliveredMessage) -> None:
         await self._on_message(RawDelivery(message))
 
-    async def _on_message(self, message: Incoming) -> None:
+    async def _on_message(self, message: RawDelivery) -> None:
         self._acks.delivered(message)
         if self._batch_handler is not None:
             # Collected until the loop's next turn: every delivery read from the socket in
@@ -202,7 +173,7 @@ class Consumer:
             log.error("handling failed", exc_info=handling.exception(),
                       extra={"queue": self._queue_name})
 
-    async def _tracked(self, message: Incoming) -> None:
+    async def _tracked(self, message: RawDelivery) -> None:
         self._m_in_flight.inc()
         started = time.perf_counter()
         try:
@@ -211,7 +182,7 @@ class Consumer:
             self._m_handler_seconds.observe(time.perf_counter() - started)
             self._m_in_flight.dec()
 
-    async def _tracked_batch(self, messages: list[Incoming]) -> None:
+    async def _tracked_batch(self, messages: list[RawDelivery]) -> None:
         count = len(messages)
         self._m_in_flight.inc(count)
         started = time.perf_counter()
@@ -223,9 +194,9 @@ class Consumer:
                 self._m_handler_seconds.observe(elapsed)
             self._m_in_flight.dec(count)
 
-    async def _handle_batch(self, messages: list[Incoming]) -> None:
+    async def _handle_batch(self, messages: list[RawDelivery]) -> None:
         assert self._batch_handler is not None
-        deliveries = [to_delivery(m, self._queue_name) for m in messages]
+        deliveries = [m.to_delivery(self._queue_name) for m in messages]
         outcomes: list[Outcome]
         try:
             outcomes = await self._batch_handler(deliveries)
@@ -252,9 +223,9 @@ class Consumer:
         if slow:
             await asyncio.gather(*slow)
 
-    async def _handle(self, message: Incoming) -> None:
+    async def _handle(self, message: RawDelivery) -> None:
         assert self._handler is not None
-        delivery = to_delivery(message, self._queue_name)
+        delivery = message.to_delivery(self._queue_name)
         try:
             outcome = await self._handler(delivery)
         except asyncio.CancelledError:
@@ -270,7 +241,7 @@ class Consumer:
         await self._apply(message, delivery, outcome)
 
     async def _apply(
-        self, message: Incoming, delivery: Delivery, outcome: Outcome
+        self, message: RawDelivery, delivery: Delivery, outcome: Outcome
     ) -> None:
         try:
             if isinstance(outcome, Ack):
@@ -294,7 +265,7 @@ class Consumer:
             log.warning("could not settle delivery; the broker will redeliver it", exc_info=True)
 
     async def _dead_letter(
-        self, message: Incoming, delivery: Delivery, outcome: DeadLetter
+        self, message: RawDelivery, delivery: Delivery, outcome: DeadLetter
     ) -> None:
         metrics.REJECTED.labels(queue=self._queue_name, reason=outcome.code).inc()
         metrics.CONSUMED.labels(queue=self._queue_name, outcome="dead_letter").inc()
@@ -334,7 +305,7 @@ class Consumer:
         self._acks.ack(message)
 
     @staticmethod
-    async def _settle_quietly(message: Incoming, *, requeue: bool) -> None:
+    async def _settle_quietly(message: RawDelivery, *, requeue: bool) -> None:
         try:
             await message.nack(requeue=requeue)
         except Exception:

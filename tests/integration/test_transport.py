@@ -12,7 +12,7 @@ from typing import Any
 import aio_pika
 import pytest
 
-from broker_adapter.errors import PublishReturnedError
+from broker_adapter.errors import BrokerConfigError, PublishReturnedError
 from broker_adapter.transport import (
     Ack,
     Consumer,
@@ -447,29 +447,35 @@ async def _one_delivery(connection: Any, publisher_party: Party, body: bytes) ->
         await consumer.stop(drain_timeout_s=2)
 
 
-async def test_raw_and_aio_pika_deliveries_read_the_same(
-    parties: dict[str, Party], broker: Any, pki: Any, mgmt: Management
+async def test_deliveries_straight_from_aiormq_carry_every_field(
+    parties: dict[str, Party], mgmt: Management
 ) -> None:
-    """Our connections hand deliveries over straight from aiormq (``raw_consume.py``); on a
-    connection that is not ours the Consumer takes aio-pika's path. Both read the same fields."""
-    ours = parties[NET].connection
+    """Our connections hand deliveries over straight from aiormq (``raw_consume.py``): the
+    handler sees every field aio-pika would have given it, and the delivery is acked."""
+    assert parties[NET].connection.CHANNEL_CLASS is RawConsumeChannel
+    d = await _one_delivery(parties[NET].connection, parties[AF], b"raw path")
+    assert d.body == b"raw path" and d.queue == "network.requests"
+    assert d.user_id == AF and d.msg_type == "akma.test"
+    assert d.exchange == "akma.requests" and d.routing_key == "network"
+    assert d.headers.get("x-trace") == "t1" and d.redelivered is False
+    assert d.message_id is not None and d.correlation_id is not None
+    assert d.delivery_count == 0
+    await _wait_for_count(mgmt, "network.requests", 0)
+
+
+async def test_a_consumer_refuses_a_connection_that_is_not_ours(broker: Any, pki: Any) -> None:
     settings = party_settings(broker, pki, NET)
     foreign = await aio_pika.connect_robust(
         amqp_url(settings), ssl_context=client_ssl_context(
             settings.ca_file, settings.cert_file, settings.key_file))
-    assert ours.CHANNEL_CLASS is RawConsumeChannel
-    assert not issubclass(foreign.CHANNEL_CLASS, RawConsumeChannel)
     try:
-        raw = await _one_delivery(ours, parties[AF], b"raw path")
-        stock = await _one_delivery(foreign, parties[AF], b"stock path")
+        consumer = Consumer(foreign, "network.requests", _ack_all,
+                            publisher=Publisher(foreign, NET, confirm_timeout_s=5))
+        with pytest.raises(BrokerConfigError, match="broker_adapter.transport.connect"):
+            await consumer.start()
     finally:
         await foreign.close()
-    for d, body in ((raw, b"raw path"), (stock, b"stock path")):
-        assert d.body == body and d.queue == "network.requests"
-        assert d.user_id == AF and d.msg_type == "akma.test"
-        assert d.exchange == "akma.requests" and d.routing_key == "network"
-        assert d.headers.get("x-trace") == "t1" and d.redelivered is False
-        assert d.message_id is not None and d.correlation_id is not None
-    assert raw.delivery_count == stock.delivery_count == 0
-    await _wait_for_count(mgmt, "network.requests", 0)  # both were acked
 
+
+async def _ack_all(delivery: Delivery) -> Outcome:
+    return Ack()
