@@ -9,8 +9,8 @@ delivery as it is and reads those fields from it when asked.
 
 Reconnection stays aio-pika's. ``RawConsumeQueue`` is a ``RobustQueue`` that records the consumer
 in the same table ``RobustQueue.consume`` does, so a restored channel subscribes it again with
-the same callback, and a ``basic.cancel`` from the broker (a quorum queue's leader moving, the
-queue deleted) triggers the same recovery as for any robust consumer. Callbacks that are not
+the same callback, and a ``basic.cancel`` from the broker for it triggers the same recovery as for
+any robust consumer (``RobustChannel`` looks the tag up in that table). Callbacks that are not
 ``RawDeliveryCallback`` take aio-pika's own path unchanged.
 """
 
