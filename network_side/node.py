@@ -34,10 +34,17 @@ log = logging.getLogger("network_side.node")
 PURGE_INTERVAL_S = 60.0
 
 ServiceFactory = Callable[[SecureParty, Nef, int], NetworkService]
+NefFactory = Callable[[AfRegistry, Aanf, Callable[[], int], AuditLog], Nef]
 
 
 def _default_service(party: SecureParty, nef: Nef, prefetch: int) -> NetworkService:
     return NetworkService(party, nef, prefetch=prefetch)
+
+
+def _default_nef(
+    registry: AfRegistry, aanf: Aanf, clock: Callable[[], int], audit: AuditLog
+) -> Nef:
+    return Nef(registry, aanf, clock, audit=audit)
 
 
 @dataclass
@@ -72,16 +79,18 @@ async def start_network_node(
     prefetch: int = 64,
     purge_interval_s: float | None = PURGE_INTERVAL_S,
     service_factory: ServiceFactory = _default_service,
+    nef_factory: NefFactory = _default_nef,
 ) -> NetworkNode:
     """Open the network's broker party over ``store`` and start consuming requests.
 
     The node owns ``store`` from here on: ``close`` closes it, and so does a failed start.
     ``purge_interval_s=None`` leaves expired contexts to the caller (tests that drive a clock).
+    The factories let a harness observe the real service and NEF (subclasses), nothing else.
     """
     try:
         audit = AuditLog(clock)
         aanf = Aanf(store, clock, aanf_config or AanfConfig(), audit=audit)
-        nef = Nef(registry, aanf, clock, audit=audit)
+        nef = nef_factory(registry, aanf, clock, audit)
         party = await open_secure_party(broker, security)
     except BaseException:
         store.close()

@@ -39,7 +39,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -69,9 +69,10 @@ from infra.pki import (
     load_certificate,
     revoke,
 )
-from network_side.aanf import Aanf, AanfConfig
+from network_side.aanf import Aanf
 from network_side.af_registry import AfRegistry
 from network_side.akma import UA_TLS13_SHARED_KEY, make_af_id
+from network_side.audit import AuditLog
 from network_side.context_store import SqliteContextStore
 from network_side.messages import (
     AkmaAfKeyData,
@@ -82,6 +83,7 @@ from network_side.messages import (
     decode_body,
 )
 from network_side.nef import HandlerResult, Nef
+from network_side.node import start_network_node
 from network_side.service import NetworkService
 from network_side.ue_sim import UeSimulator
 from reliability import fuzz
@@ -230,13 +232,16 @@ def _broker_settings(env: Environment, name: str) -> BrokerSettings:
     )
 
 
-async def _open_party(env: Environment, name: str, trust_dir: Path | None = None) -> SecureParty:
-    security = SecuritySettings(
+def _security(env: Environment, name: str, trust_dir: Path | None = None) -> SecuritySettings:
+    return SecuritySettings(
         key_dir=env.pki.party_dir(name),
         trust_dir=trust_dir or env.pki.root,
         replay_sqlite_path=env.workdir / f"replay-{name}-{os.urandom(4).hex()}.sqlite3",
     )
-    return await open_secure_party(_broker_settings(env, name), security)
+
+
+async def _open_party(env: Environment, name: str, trust_dir: Path | None = None) -> SecureParty:
+    return await open_secure_party(_broker_settings(env, name), _security(env, name, trust_dir))
 
 
 @dataclass
@@ -272,7 +277,7 @@ class Client:
 class Deployment:
     env: Environment
     network: SecureParty
-    service: ObservedNetworkService
+    service: NetworkService
     contexts: SqliteContextStore
     observer: Observer
     clients: dict[str, Client]
@@ -305,17 +310,29 @@ async def deploy(
 ) -> AsyncIterator[Deployment]:
     """Start the network worker and the parties, register ``ue_count`` UEs, tear all down."""
     observer = Observer()
-    contexts = SqliteContextStore(
-        env.workdir / f"contexts-{os.urandom(4).hex()}.sqlite3", master_key=os.urandom(32)
+
+    def observed_nef(
+        reg: AfRegistry, aanf: Aanf, clock: Callable[[], int], audit: AuditLog
+    ) -> Nef:
+        return ObservedNef(reg, aanf, clock, audit=audit, observer=observer)
+
+    def observed_service(party: SecureParty, nef: Nef, prefetch: int) -> NetworkService:
+        return ObservedNetworkService(party, nef, prefetch=prefetch, observer=observer)
+
+    # The network worker as ``python -m network_side`` assembles it, observed.
+    node = await start_network_node(
+        _broker_settings(env, env.pki.network),
+        _security(env, env.pki.network, trust_dir),
+        store=SqliteContextStore(
+            env.workdir / f"contexts-{os.urandom(4).hex()}.sqlite3", master_key=os.urandom(32)
+        ),
+        registry=registry,
+        nef_factory=observed_nef,
+        service_factory=observed_service,
     )
-    aanf = Aanf(contexts, system_clock_ms, AanfConfig())
-    nef = ObservedNef(registry, aanf, system_clock_ms, observer=observer)
-    network = await _open_party(env, env.pki.network, trust_dir)
-    service = ObservedNetworkService(network, nef, observer=observer)
     clients: dict[str, Client] = {}
     started: list[SecureRequester] = []
     try:
-        await service.start()
         for name in (*afs, AUSF):
             party = await _open_party(env, name)
             requester = SecureRequester(party.endpoint, party.connection, f"af.{name}.inbox")
@@ -338,16 +355,14 @@ async def deploy(
                 raise ScenarioError(f"UE registration refused: {answer!r}")
             registration_ids.add(msg_id)
         yield Deployment(
-            env, network, service, contexts, observer, clients, ues, registration_ids
+            env, node.party, node.service, node.store, observer, clients, ues, registration_ids
         )
     finally:
-        await service.stop(drain_timeout_s=5)
+        await node.close(drain_timeout_s=5)
         for requester in started:
             await requester.stop()
         for client in clients.values():
             await client.party.close()
-        await network.close()
-        contexts.close()
 
 
 # ---- metrics -------------------------------------------------------------------------------
