@@ -102,16 +102,18 @@ async def start_network_node(
         await party.close()
         store.close()
         raise
-    node = NetworkNode(party, service, aanf, store)
-    if purge_interval_s is not None:
-        node._purger = asyncio.create_task(_purge_loop(aanf, purge_interval_s))
-    return node
+    purger = (asyncio.create_task(_purge_loop(aanf, purge_interval_s))
+              if purge_interval_s is not None else None)
+    return NetworkNode(party, service, aanf, store, purger)
 
 
 async def _purge_loop(aanf: Aanf, interval_s: float) -> None:
     while True:
         await asyncio.sleep(interval_s)
         try:
-            aanf.purge_expired()
+            # In a thread: one DELETE over every expired context, and with a second worker on
+            # the same file it may wait up to the busy timeout for the write lock; neither may
+            # hold up the requests on the event loop.
+            await asyncio.to_thread(aanf.purge_expired)
         except Exception:  # a failed purge is retried next time, never fatal
             log.exception("purging expired contexts failed")

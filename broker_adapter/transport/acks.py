@@ -92,8 +92,8 @@ class AckLedger:
 
 
 class Delivered(Protocol):
-    """What settling needs of a delivery: aio-pika's ``IncomingMessage`` and our
-    ``RawDelivery`` both have it. ``channel`` raises once the channel is closed."""
+    """What settling needs of a delivery (``raw_consume.RawDelivery`` has it, as aio-pika's
+    ``IncomingMessage`` does). ``channel`` raises once the channel is closed."""
 
     @property
     def delivery_tag(self) -> int | None: ...
