@@ -28,6 +28,8 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
     # on the envelope thread once there are at least ``open_thread_min_batch`` of them.
     "secured_sqlite": ("secured", "sqlite", {}),
     "secured_redis": ("secured", "redis", {}),
+    # Claims on the event loop after the envelope thread's opens (claim_in_thread off).
+    "secured_sqlite_claim_on_loop": ("secured", "sqlite", {"claim_in_thread": False}),
     # Every envelope opened on the event loop (open_in_thread off).
     "secured_sqlite_inline": ("secured", "sqlite", {"open_in_thread": False}),
     # The consumer taking one delivery at a time (``Consumer(handler)`` with ``guarded``)

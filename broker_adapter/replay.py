@@ -23,7 +23,7 @@ import hashlib
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from broker_adapter.envelope_errors import (
     EnvelopeError,
@@ -220,6 +220,17 @@ class ReplayStore(Protocol):
     async def close(self) -> None: ...
 
 
+@runtime_checkable
+class ThreadClaimingStore(Protocol):
+    """A store that can also claim from a worker thread, without the event loop."""
+
+    def claim_many_sync(
+        self, items: Sequence[tuple[bytes, Entry]], now_ms: int
+    ) -> list[Decision | Exception]:
+        """``claim_many``, blocking the calling thread (never the event loop's)."""
+        ...
+
+
 class ClaimOutcome(enum.Enum):
     """What the consumer does next (see docs/replay.md)."""
 
@@ -284,6 +295,7 @@ class ReplayGuard:
         self._lease_ms = in_progress_lease_ms
         self._clock = clock
         self._token_source = token_source or _random_token
+        self._thread_store = store if isinstance(store, ThreadClaimingStore) else None
 
     @property
     def entry_lifetime_ms(self) -> int:
@@ -311,6 +323,34 @@ class ReplayGuard:
         whole failed (nothing was claimed).
         """
         now = self._clock()
+        out, prepared = self._prepare(requests, now)
+        if prepared:
+            decisions = await self._store.claim_many([(k, c) for _, k, c in prepared], now)
+            self._finish(out, prepared, decisions, requests, now)
+        return [r for r in out if r is not None]
+
+    @property
+    def claims_in_thread(self) -> bool:
+        """Whether ``claim_many_sync`` may be used: the store can claim from a worker thread."""
+        return self._thread_store is not None
+
+    def claim_many_sync(self, requests: Sequence[ClaimRequest]) -> list[Claim | Exception]:
+        """``claim_many`` from a worker thread (never the event loop's), for a store that can
+        (``claims_in_thread``); the same answers. The clock and the token source must be safe
+        to call from that thread (the system clock and ``secrets`` are)."""
+        store = self._thread_store
+        if store is None:
+            raise TypeError(f"{type(self._store).__name__} cannot claim from a thread")
+        now = self._clock()
+        out, prepared = self._prepare(requests, now)
+        if prepared:
+            decisions = store.claim_many_sync([(k, c) for _, k, c in prepared], now)
+            self._finish(out, prepared, decisions, requests, now)
+        return [r for r in out if r is not None]
+
+    def _prepare(
+        self, requests: Sequence[ClaimRequest], now: int
+    ) -> tuple[list[Claim | Exception | None], list[tuple[int, bytes, Entry]]]:
         out: list[Claim | Exception | None] = [None] * len(requests)
         prepared: list[tuple[int, bytes, Entry]] = []
         for i, request in enumerate(requests):
@@ -320,17 +360,24 @@ class ReplayGuard:
                 out[i] = exc
                 continue
             prepared.append((i, key, candidate))
-        if prepared:
-            decisions = await self._store.claim_many([(k, c) for _, k, c in prepared], now)
-            for (i, key, candidate), decision in zip(prepared, decisions, strict=True):
-                if isinstance(decision, Exception):
-                    out[i] = decision
-                    continue
-                try:
-                    out[i] = self._claim_from(decision, requests[i], key, candidate.token, now)
-                except ReplayConflictError as exc:
-                    out[i] = exc
-        return [r for r in out if r is not None]
+        return out, prepared
+
+    def _finish(
+        self,
+        out: list[Claim | Exception | None],
+        prepared: list[tuple[int, bytes, Entry]],
+        decisions: Sequence[Decision | Exception],
+        requests: Sequence[ClaimRequest],
+        now: int,
+    ) -> None:
+        for (i, key, candidate), decision in zip(prepared, decisions, strict=True):
+            if isinstance(decision, Exception):
+                out[i] = decision
+                continue
+            try:
+                out[i] = self._claim_from(decision, requests[i], key, candidate.token, now)
+            except ReplayConflictError as exc:
+                out[i] = exc
 
     def _candidate(self, request: ClaimRequest, now: int) -> tuple[bytes, Entry]:
         key = replay_key(request.sender, request.msg_id)

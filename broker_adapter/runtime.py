@@ -79,6 +79,10 @@ class SecuritySettings(BaseModel):
     # whole prefetch window arrived at once waited for all of it, then the thread waited for
     # the loop: the two took turns instead of overlapping (docs/benchmarks.md, item 12).
     open_thread_max_batch: int = Field(default=64, ge=1)
+    # A batch opened on the envelope thread is claimed in the replay store there too, in the
+    # same hand-off, where the store can (SQLite; Redis claims stay on the loop): the loop then
+    # runs none of the claim statements (docs/benchmarks.md, item 17).
+    claim_in_thread: bool = True
 
 
 @dataclass
@@ -191,6 +195,7 @@ async def open_secure_party(
         codec=codec, guard=guard, publisher=publisher, open_executor=executor,
         open_executor_min_batch=security.open_thread_min_batch,
         open_executor_max_batch=security.open_thread_max_batch,
+        claim_on_open_thread=security.claim_in_thread,
     )
     party = SecureParty(connection, publisher, endpoint, trust, store, _executor=executor)
     party._tasks.append(

@@ -103,6 +103,22 @@ def _hex(value: bytes | None) -> str | None:
     return value.hex() if value is not None else None
 
 
+@dataclass(slots=True)
+class _OpenJob:
+    delivery: Delivery
+    # Claim it (check 8) right after opening, on the same thread, if the batch goes there.
+    claim: bool
+
+
+@dataclass(slots=True)
+class _Opened:
+    opened: OpenedMessage
+    # For a job that asked for it and was opened on the thread: its ``Claim``, the exception
+    # ``claim`` would have raised for it alone, or the ``ReplayStoreError`` of the whole round.
+    # None: not claimed yet.
+    claim: Claim | Exception | None = None
+
+
 class SecureEndpoint:
     """One party's secure messaging: sealing, publishing, and a guarded receive path."""
 
@@ -115,6 +131,7 @@ class SecureEndpoint:
         open_executor: Executor | None = None,
         open_executor_min_batch: int = 1,
         open_executor_max_batch: int | None = None,
+        claim_on_open_thread: bool = True,
     ) -> None:
         if publisher.identity != codec.identity.name:
             raise BrokerAdapterError(
@@ -133,9 +150,11 @@ class SecureEndpoint:
         # Batches smaller than this are opened on the loop after all: for a lone request the
         # hand-off and the thread's wake-up cost more latency than the verification it moves.
         self._open_executor_min_batch = max(1, open_executor_min_batch)
+        # Claims of a batch opened on the executor are made there too, if the store can.
+        self._claim_on_open_thread = claim_on_open_thread and guard.claims_in_thread
         # Larger batches go in slices, so that the loop works on one while the thread opens
         # the next (see SecuritySettings.open_thread_max_batch).
-        self._open_batches: TurnBatcher[Delivery, OpenedMessage] | None = (
+        self._open_batches: TurnBatcher[_OpenJob, _Opened] | None = (
             # Not a coded error on purpose: a dead executor says nothing about the message, so
             # the consumer requeues it (a coded error would dead-letter it).
             TurnBatcher(self._open_batch,
@@ -218,7 +237,7 @@ class SecureEndpoint:
         message cost more than the verification it moved (docs/benchmarks.md)."""
         if self._open_batches is None:
             return self.open(delivery)
-        return await self._open_batches.submit(delivery)
+        return (await self._open_batches.submit(_OpenJob(delivery, False))).opened
 
     async def open_many(self, deliveries: list[Delivery]) -> list[OpenedMessage | Exception]:
         """Checks 1-7 for a batch: each answer is the opened message or its exception.
@@ -227,17 +246,55 @@ class SecureEndpoint:
         that batches grow while the thread is busy instead of queueing one by one."""
         if self._open_batches is None:
             return self._open_all(deliveries)
-        return await self._open_batches.submit_many(deliveries)
+        results = await self._open_batches.submit_many([_OpenJob(d, False) for d in deliveries])
+        return [r if isinstance(r, Exception) else r.opened for r in results]
 
-    async def _open_batch(
-        self, deliveries: list[Delivery]
-    ) -> list[OpenedMessage | Exception]:
-        """A batch on the executor, or inline if there are too few."""
-        if len(deliveries) < self._open_executor_min_batch:
-            return self._open_all(deliveries)
+    async def _open_and_claim_many(self, deliveries: list[Delivery]) -> list[_Opened | Exception]:
+        """Checks 1-7 for a batch and, where the batch goes to the envelope thread and the
+        replay store can claim from a thread, check 8 there too: one hand-off for both, and
+        the loop runs none of the claim statements (docs/benchmarks.md, item 17)."""
+        if self._open_batches is None:
+            return self._open_unclaimed(deliveries)
+        claim = self._claim_on_open_thread
+        return await self._open_batches.submit_many([_OpenJob(d, claim) for d in deliveries])
+
+    async def _open_batch(self, jobs: list[_OpenJob]) -> list[_Opened | Exception]:
+        """A batch on the executor, or inline (and unclaimed) if there are too few."""
+        if len(jobs) < self._open_executor_min_batch:
+            return self._open_unclaimed([job.delivery for job in jobs])
         return await asyncio.get_running_loop().run_in_executor(
-            self._open_executor, self._open_all, deliveries
+            self._open_executor, self._open_jobs, jobs
         )
+
+    def _open_unclaimed(self, deliveries: list[Delivery]) -> list[_Opened | Exception]:
+        return [r if isinstance(r, Exception) else _Opened(r) for r in self._open_all(deliveries)]
+
+    def _open_jobs(self, jobs: list[_OpenJob]) -> list[_Opened | Exception]:
+        """On the envelope thread: open every job, then claim those that asked, in one round."""
+        out: list[_Opened | Exception] = []
+        to_claim: list[_Opened] = []
+        for job in jobs:
+            try:
+                result = _Opened(self.open(job.delivery))
+            except Exception as exc:  # noqa: BLE001 - each caller gets its own verdict
+                out.append(exc)
+                continue
+            out.append(result)
+            if job.claim:
+                to_claim.append(result)
+        if to_claim:
+            claims: list[Claim | Exception]
+            try:
+                claims = self.guard.claim_many_sync([
+                    ClaimRequest(r.opened.sender, r.opened.msg_id, r.opened.digest,
+                                 r.opened.timestamp_ms)
+                    for r in to_claim
+                ])
+            except ReplayStoreError as exc:
+                claims = [exc] * len(to_claim)
+            for result, claim in zip(to_claim, claims, strict=True):
+                result.claim = claim
+        return out
 
     def _open_all(self, deliveries: list[Delivery]) -> list[OpenedMessage | Exception]:
         out: list[OpenedMessage | Exception] = []
@@ -331,23 +388,29 @@ class SecureEndpoint:
         does not hold back the batch's claim round.
         """
         outcomes: list[Outcome | None] = [None] * len(deliveries)
-        opened_all = await self.open_many(deliveries)
+        # Claimed already where the batch was opened on the envelope thread.
+        claimed: list[tuple[int, OpenedMessage, Claim | Exception]] = []
         pending: list[tuple[int, OpenedMessage]] = []
-        for i, opened in enumerate(opened_all):
-            if isinstance(opened, Exception):
-                outcomes[i] = open_failure(deliveries[i], opened)
+        for i, result in enumerate(await self._open_and_claim_many(deliveries)):
+            if isinstance(result, Exception):
+                outcomes[i] = open_failure(deliveries[i], result)
+            elif result.claim is not None:
+                claimed.append((i, result.opened, result.claim))
             else:
-                pending.append((i, opened))
-        try:
-            claims: list[Claim | Exception] = await self.guard.claim_many(
-                [ClaimRequest(o.sender, o.msg_id, o.digest, o.timestamp_ms) for _, o in pending]
-            )
-        except ReplayStoreError as exc:
-            claims = [exc] * len(pending)
+                pending.append((i, result.opened))
+        if pending:
+            try:
+                claims: list[Claim | Exception] = await self.guard.claim_many(
+                    [ClaimRequest(o.sender, o.msg_id, o.digest, o.timestamp_ms)
+                     for _, o in pending]
+                )
+            except ReplayStoreError as exc:
+                claims = [exc] * len(pending)
+            claimed += [(i, o, c) for (i, o), c in zip(pending, claims, strict=True)]
         accepted: list[tuple[int, OpenedMessage, Claim]] = []
         duplicates: list[tuple[int, OpenedMessage, Claim]] = []
         waiting: list[tuple[int, OpenedMessage]] = []
-        for (i, opened), claim in zip(pending, claims, strict=True):
+        for i, opened, claim in claimed:
             if isinstance(claim, ReplayStoreError):
                 waiting.append((i, opened))
             elif isinstance(claim, Exception):

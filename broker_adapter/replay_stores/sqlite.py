@@ -22,12 +22,19 @@ timeout; and WAL checkpoints (which fsync) are not left to SQLite's automatic ch
 some unlucky commit but run from a second connection in a worker thread, which in WAL mode does
 not block our writes. With ``synchronous="FULL"`` every commit fsyncs (about 2 ms here), so then
 every batch runs in a thread.
+
+``claim_many_sync`` claims from a worker thread instead: a consumer that opens a batch of
+envelopes on its envelope thread claims them there right after, in the same hand-off, so the
+loop neither runs those statements nor waits a turn for them (docs/benchmarks.md, item 17). A
+lock keeps the thread's transaction and the loop's group commits apart: the loop never waits
+for it, a group commit that finds it taken moves to a thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +109,12 @@ class SqliteReplayStore:
         self._batches: TurnBatcher[_Op, object] = TurnBatcher(
             self._run_batch, lambda exc: ReplayStoreError(f"replay store: {exc!r}")
         )
+        # Held by whoever runs a transaction on ``_conn``: the group commit (one batch at a
+        # time on the loop or in a thread) or ``claim_many_sync`` (a consumer's thread).
+        self._conn_lock = threading.Lock()
+        # Guards the purge and checkpoint counters, which both of those update; held only for
+        # the arithmetic, never across a statement.
+        self._count_lock = threading.Lock()
         self._closed = False
         try:
             # The busy timeout is in force from the first statement: switching a new file to
@@ -156,17 +169,52 @@ class SqliteReplayStore:
         return await self._run(lambda conn: _each(
             items, lambda item: self._complete(conn, item[0], item[1], item[2], now_ms)))
 
+    def claim_many_sync(
+        self, items: Sequence[tuple[bytes, Entry]], now_ms: int
+    ) -> list[Decision | Exception]:
+        """``claim_many`` run in the calling thread, which must not be the event loop's: it may
+        wait for the loop's transaction and, behind another process's write lock, for up to
+        the busy timeout. Raises ``ReplayStoreError`` if the transaction failed."""
+        ops = [_Op(lambda conn: _each(
+            items, lambda item: self._claim(conn, item[0], item[1], now_ms)), False)]
+        purge_limit = self._purge_due(len(items))
+        if purge_limit is not None:
+            # In the same transaction; a failing purge only leaves rows for the next one.
+            ops.append(_Op(lambda conn: self._purge(conn, now_ms, purge_limit), False))
+        try:
+            with self._conn_lock:
+                if self._closed:
+                    raise ReplayStoreError("replay store is closed")
+                results = self._transaction_batch_waiting(ops)
+        except sqlite3.Error as exc:
+            raise ReplayStoreError(f"replay store: {exc!r}") from exc
+        # The checkpoint itself is started by the loop's next group commit (every claim is
+        # followed by a completion or a release there), which sees these writes counted.
+        self._count_writes(len(items))
+        claimed = results[0]
+        if isinstance(claimed, Exception):
+            raise ReplayStoreError(f"replay store: {claimed!r}")
+        return cast(list[Decision | Exception], claimed)
+
     def _count_claims(self, claims: int, now_ms: int) -> None:
-        self._claims_since_purge += claims
-        if self._claims_since_purge >= self._purge_every:
-            # Purge at least as many rows as were claimed since the last purge, so a burst of
-            # large batches cannot outgrow it.
-            limit = max(self._purge_batch, self._claims_since_purge)
-            self._claims_since_purge = 0
+        limit = self._purge_due(claims)
+        if limit is not None:
             # Rides along in the same group commit; nobody waits for it. A failed purge only
             # leaves expired rows for the next one.
             purge = self._submit(lambda conn: self._purge(conn, now_ms, limit))
             purge.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    def _purge_due(self, claims: int) -> int | None:
+        """Count ``claims``; returns how many rows to purge when a purge is due."""
+        with self._count_lock:
+            self._claims_since_purge += claims
+            if self._claims_since_purge < self._purge_every:
+                return None
+            # Purge at least as many rows as were claimed since the last purge, so a burst of
+            # large batches cannot outgrow it.
+            limit = max(self._purge_batch, self._claims_since_purge)
+            self._claims_since_purge = 0
+            return limit
 
     async def release(self, key: bytes, token: bytes, now_ms: int) -> bool:
         return await self._run(lambda conn: self._release(conn, key, token, now_ms))
@@ -176,7 +224,12 @@ class SqliteReplayStore:
         await self._batches.drain()
         if self._checkpoint_task is not None:
             await asyncio.gather(self._checkpoint_task, return_exceptions=True)
-        self._conn.close()
+        # A consumer thread may be inside ``claim_many_sync``: wait for it off the loop.
+        await asyncio.to_thread(self._close_connections)
+
+    def _close_connections(self) -> None:
+        with self._conn_lock:
+            self._conn.close()
         self._checkpointer.close()
 
     # ---- operations and introspection ----------------------------------------------------
@@ -281,7 +334,10 @@ class SqliteReplayStore:
         return self._batches.submit(_Op(op, offload))
 
     async def _run_batch(self, batch: list[_Op]) -> list[object | Exception]:
-        if not (self._offload or any(op.offload for op in batch)):
+        # Never wait for the lock on the loop: a consumer thread holding it for its claim
+        # transaction would stall every other task.
+        inline = not (self._offload or any(op.offload for op in batch))
+        if inline and self._conn_lock.acquire(blocking=False):
             try:
                 results = self._transaction_batch(batch)
                 self._maybe_checkpoint(len(batch))
@@ -289,7 +345,10 @@ class SqliteReplayStore:
             except sqlite3.Error as exc:
                 if not _is_busy(exc):
                     raise
-        # Another process holds the write lock (or every commit fsyncs): wait off the loop.
+            finally:
+                self._conn_lock.release()
+        # Another process holds the write lock, a thread holds the connection, or every
+        # commit fsyncs: wait off the loop.
         results = await asyncio.to_thread(self._run_waiting, batch)
         self._maybe_checkpoint(len(batch))
         return results
@@ -316,13 +375,18 @@ class SqliteReplayStore:
             raise
         return results
 
+    def _count_writes(self, writes: int) -> int:
+        with self._count_lock:
+            self._writes_since_checkpoint += writes
+            return self._writes_since_checkpoint
+
     def _maybe_checkpoint(self, writes: int) -> None:
-        self._writes_since_checkpoint += writes
-        if self._writes_since_checkpoint < self._checkpoint_every:
+        if self._count_writes(writes) < self._checkpoint_every:
             return
         if self._checkpoint_task is not None and not self._checkpoint_task.done():
             return
-        self._writes_since_checkpoint = 0
+        with self._count_lock:
+            self._writes_since_checkpoint = 0
         self._checkpoint_task = asyncio.ensure_future(asyncio.to_thread(self._checkpoint))
 
     def _checkpoint(self) -> None:
@@ -334,6 +398,21 @@ class SqliteReplayStore:
             pass
 
     def _run_waiting(self, batch: list[_Op]) -> list[object | Exception]:
+        with self._conn_lock:
+            self._set_busy_timeout(self._busy_timeout_ms)
+            try:
+                return self._transaction_batch(batch)
+            finally:
+                self._set_busy_timeout(0)
+
+    def _transaction_batch_waiting(self, batch: list[_Op]) -> list[object | Exception]:
+        """``_transaction_batch`` from a thread holding the lock: first without waiting for
+        another process's write lock (the common case costs no PRAGMA), then waiting for it."""
+        try:
+            return self._transaction_batch(batch)
+        except sqlite3.Error as exc:
+            if not _is_busy(exc):
+                raise
         self._set_busy_timeout(self._busy_timeout_ms)
         try:
             return self._transaction_batch(batch)

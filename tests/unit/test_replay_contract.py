@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -266,6 +266,31 @@ class TestSqliteContract(StoreContract):
         store = SqliteReplayStore(tmp_path / "replay.db")
         yield store
         await store.close()
+
+
+class _ThreadClaimingGuard(ReplayGuard):
+    """Batch claims go through ``claim_many_sync`` in a worker thread, as a consumer's envelope
+    thread makes them; everything else stays on the loop, as in that consumer."""
+
+    async def claim_many(self, requests: Sequence[ClaimRequest]) -> list[Claim | Exception]:
+        return await asyncio.to_thread(self.claim_many_sync, requests)
+
+
+class TestSqliteThreadClaimContract(StoreContract):
+    """The same rules when batches are claimed from a thread, beside the loop's group commits."""
+
+    @pytest.fixture
+    async def store(self, tmp_path: Path) -> AsyncIterator[ReplayStore]:
+        store = SqliteReplayStore(tmp_path / "replay.db")
+        yield store
+        await store.close()
+
+    @pytest.fixture
+    def guard(self, store: ReplayStore, clock: FakeClock) -> ReplayGuard:
+        guard = _ThreadClaimingGuard(store, window_ms=WINDOW_MS, skew_ms=SKEW_MS,
+                                     in_progress_lease_ms=LEASE_MS, clock=clock)
+        assert guard.claims_in_thread
+        return guard
 
 
 class TestSqliteFullSyncContract(StoreContract):

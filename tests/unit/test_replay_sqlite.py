@@ -1,4 +1,5 @@
-"""SQLite store: restarts, expiry, several guards on one file, lock waits off the event loop."""
+"""SQLite store: restarts, expiry, several guards on one file, lock waits off the event loop,
+claims from a worker thread."""
 
 from __future__ import annotations
 
@@ -10,8 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from broker_adapter.replay import ClaimOutcome, ReplayGuard, ReplayStoreError
-from broker_adapter.replay_stores import SqliteReplayStore
+from broker_adapter.replay import (
+    Claim,
+    ClaimOutcome,
+    ClaimRequest,
+    ReplayGuard,
+    ReplayStoreError,
+)
+from broker_adapter.replay_stores import MemoryReplayStore, SqliteReplayStore
 from tests.unit.test_replay_contract import FakeClock
 
 WINDOW, SKEW, LEASE = 10_000, 1_000, 5_000
@@ -176,3 +183,81 @@ def test_unknown_schema_version_and_unusable_path_are_store_errors(tmp_path: Pat
 def test_purge_settings_must_keep_up() -> None:
     with pytest.raises(ValueError):
         SqliteReplayStore(":memory:", purge_every=100, purge_batch=50)
+
+
+# ---- claims from a worker thread (a consumer's envelope thread) ------------------------------
+
+
+async def test_thread_claims_beside_loop_commits_process_each_id_once(tmp_path: Path) -> None:
+    # Three threads claim the same ids batch by batch while the loop completes every claim it
+    # gets back at once: the connection lock keeps the thread's transactions and the loop's
+    # group commits apart, and every id is processed exactly once.
+    store = SqliteReplayStore(tmp_path / "replay.db", purge_every=16, purge_batch=64)
+    guard = guard_on(store, FakeClock(T0))
+    ids = [os.urandom(16) for _ in range(240)]
+    digests = [os.urandom(32) for _ in ids]
+    requests = [ClaimRequest("af1", i, d, T0) for i, d in zip(ids, digests, strict=True)]
+    completed: list[bool | Exception] = []
+
+    async def claimer() -> list[Claim | Exception]:
+        out: list[Claim | Exception] = []
+        for start in range(0, len(requests), 20):
+            batch = await asyncio.to_thread(guard.claim_many_sync, requests[start:start + 20])
+            out += batch
+            owned = [c for c in batch if isinstance(c, Claim) and c.token is not None]
+            completed.extend(await guard.complete_many([(c, b"answer") for c in owned]))
+        return out
+
+    results = await asyncio.gather(claimer(), claimer(), claimer())
+    assert not [r for rs in results for r in rs if isinstance(r, Exception)]
+    for per_id in zip(*results, strict=True):
+        outcomes = sorted(c.outcome.value for c in per_id if isinstance(c, Claim))
+        assert outcomes.count("process") == 1, outcomes
+    assert completed == [True] * len(ids)
+    assert (await store.stats()).rows == len(ids)
+    await store.close()
+
+
+async def test_thread_claims_purge_expired_rows(tmp_path: Path) -> None:
+    clock = FakeClock(T0)
+    store = SqliteReplayStore(tmp_path / "replay.db", purge_every=16, purge_batch=64)
+    guard = guard_on(store, clock)
+    lifetime = WINDOW + 2 * SKEW
+    for _ in range(300):
+        clock.advance(100)  # 10 messages per second: about 120 live ids
+        [claim] = await asyncio.to_thread(guard.claim_many_sync, [
+            ClaimRequest("af1", os.urandom(16), os.urandom(32), clock.now)])
+        assert isinstance(claim, Claim)
+        await guard.complete(claim)
+    assert (await store.stats()).rows <= lifetime // 100 + 16
+    await store.close()
+
+
+async def test_thread_claim_waits_for_another_writer_then_gives_up(tmp_path: Path) -> None:
+    path = tmp_path / "replay.db"
+    store = SqliteReplayStore(path, busy_timeout_ms=300)
+    guard = guard_on(store, FakeClock(T0))
+    request = [ClaimRequest("af1", os.urandom(16), os.urandom(32), T0)]
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    asyncio.get_running_loop().call_later(0.1, lambda: other.execute("COMMIT"))
+    [claim] = await asyncio.to_thread(guard.claim_many_sync, request)
+    assert isinstance(claim, Claim) and claim.outcome is ClaimOutcome.PROCESS
+    other.execute("BEGIN IMMEDIATE")  # and now holds it past the busy timeout
+    try:
+        with pytest.raises(ReplayStoreError):
+            await asyncio.to_thread(guard.claim_many_sync, request)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    await store.close()
+    with pytest.raises(ReplayStoreError, match="closed"):
+        guard.claim_many_sync(request)
+
+
+def test_only_a_store_that_can_claims_from_a_thread() -> None:
+    guard = ReplayGuard(MemoryReplayStore(), window_ms=WINDOW, skew_ms=SKEW,
+                        in_progress_lease_ms=LEASE, clock=FakeClock(T0))
+    assert not guard.claims_in_thread
+    with pytest.raises(TypeError):
+        guard.claim_many_sync([])

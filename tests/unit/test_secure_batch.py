@@ -5,7 +5,9 @@ round; and ``outcome_for_error``, the rule both paths share for a handling that 
 from __future__ import annotations
 
 import asyncio
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -13,8 +15,15 @@ import pytest
 from broker_adapter.codec import EnvelopeCodec
 from broker_adapter.envelope import OpenedMessage
 from broker_adapter.errors import BrokerConfigError, PublishTimeoutError
-from broker_adapter.replay import Claim, ClaimOutcome, ClaimRequest, ReplayGuard, ReplayStoreError
-from broker_adapter.replay_stores import MemoryReplayStore
+from broker_adapter.replay import (
+    Claim,
+    ClaimOutcome,
+    ClaimRequest,
+    ReplayGuard,
+    ReplayStore,
+    ReplayStoreError,
+)
+from broker_adapter.replay_stores import MemoryReplayStore, SqliteReplayStore
 from broker_adapter.secure import SecureEndpoint
 from broker_adapter.transport import Ack, DeadLetter, Outcome, Publisher, Requeue
 from broker_adapter.transport.delivery import outcome_for_error
@@ -29,7 +38,8 @@ class _NoBroker:
 
 
 class _World:
-    def __init__(self, *, executor: ThreadPoolExecutor | None = None) -> None:
+    def __init__(self, *, executor: ThreadPoolExecutor | None = None,
+                 store: ReplayStore | None = None) -> None:
         ca = TestPki()
         network, af = ca.party("network"), ca.party(AF)
         trust = ca.trust([network, af])
@@ -42,7 +52,7 @@ class _World:
                                   clock=clock, rng=counter_rng(1))
         receiver = EnvelopeCodec(identity=network.identity, trust=trust, policy=POLICY,
                                  clock=clock, rng=counter_rng(1000))
-        self.store = MemoryReplayStore()
+        self.store = store if store is not None else MemoryReplayStore()
         self.guard = ReplayGuard(self.store, window_ms=60_000, skew_ms=5_000,
                                  in_progress_lease_ms=5_000, clock=clock)
         self.endpoint = SecureEndpoint(
@@ -66,10 +76,18 @@ class _World:
         self.duplicates.append(opened.body)
 
 
-@pytest.mark.parametrize("threaded", [False, True])
-async def test_each_delivery_gets_the_verdict_it_would_get_alone(threaded: bool) -> None:
+@pytest.mark.parametrize(("threaded", "store"), [
+    (False, "memory"),
+    (True, "memory"),
+    # Claimed on the envelope thread right after the opens.
+    (True, "sqlite"),
+])
+async def test_each_delivery_gets_the_verdict_it_would_get_alone(
+    threaded: bool, store: str, tmp_path: Path
+) -> None:
     with ThreadPoolExecutor(max_workers=1) as pool:
-        world = _World(executor=pool if threaded else None)
+        world = _World(executor=pool if threaded else None,
+                       store=SqliteReplayStore(tmp_path / "r.db") if store == "sqlite" else None)
         first = world.seal(b"first")  # the twin's first message reuses this id
         earlier = world.seal(b"earlier")
         # ``earlier`` was handled before this batch: its redelivery is a finished duplicate.
@@ -98,6 +116,68 @@ async def test_each_delivery_gets_the_verdict_it_would_get_alone(threaded: bool)
     assert outcomes[7] == Ack()
     assert world.processed == [b"earlier", b"first", b"\x00", b"\x02"]
     assert sorted(world.duplicates) == [b"\x00", b"earlier"]
+    await world.store.close()
+
+
+class _RecordingSqliteStore(SqliteReplayStore):
+    """Records which thread made each claim round."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.rounds: list[tuple[str, int]] = []
+
+    def claim_many_sync(self, items: Any, now_ms: int) -> Any:
+        self.rounds.append((threading.current_thread().name, len(items)))
+        return super().claim_many_sync(items, now_ms)
+
+    async def claim_many(self, items: Any, now_ms: int) -> Any:
+        self.rounds.append((threading.current_thread().name, len(items)))
+        return await super().claim_many(items, now_ms)
+
+
+@pytest.mark.parametrize("claim_on_open_thread", [True, False])
+async def test_a_batch_opened_on_the_envelope_thread_is_claimed_there(
+    claim_on_open_thread: bool, tmp_path: Path
+) -> None:
+    store = _RecordingSqliteStore(tmp_path / "r.db")
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="envelope-open") as pool:
+        world = _World(executor=pool, store=store)
+        world.endpoint = SecureEndpoint(
+            codec=world.endpoint.codec, guard=world.guard, publisher=world.endpoint.publisher,
+            open_executor=pool, open_executor_min_batch=2,
+            claim_on_open_thread=claim_on_open_thread)
+        batch = [_delivery(world.seal(bytes([i])), AF) for i in range(4)]
+        assert await world.endpoint.guarded_batch(batch, world.process) == [Ack()] * 4
+        # Below the executor's minimum batch, opens and claims stay on the loop.
+        lone = [_delivery(world.seal(b"lone"), AF)]
+        assert await world.endpoint.guarded_batch(lone, world.process) == [Ack()]
+    loop_thread = threading.current_thread().name
+    first = "envelope-open_0" if claim_on_open_thread else loop_thread
+    assert store.rounds == [(first, 4), (loop_thread, 1)]
+    assert world.processed == [b"\x00", b"\x01", b"\x02", b"\x03", b"lone"]
+    await store.close()
+
+
+async def test_a_failed_claim_round_on_the_envelope_thread_takes_the_waiting_path(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The round failed as a whole (the store was busy past its timeout): each message then
+    # retries alone with the bounded wait, as when the loop's round fails.
+    store = SqliteReplayStore(tmp_path / "r.db")
+    failures = iter([True])
+
+    def flaky(items: Any, now_ms: int) -> Any:
+        if next(failures, False):
+            raise ReplayStoreError("busy")
+        raise AssertionError("the retry goes through claim")
+
+    monkeypatch.setattr(store, "claim_many_sync", flaky)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        world = _World(executor=pool, store=store)
+        batch = [_delivery(world.seal(bytes([i])), AF) for i in range(3)]
+        assert await world.endpoint.guarded_batch(batch, world.process) == [Ack()] * 3
+    assert sorted(world.processed) == [b"\x00", b"\x01", b"\x02"]
+    await store.close()
 
 
 async def test_a_failing_process_frees_every_claim_for_the_redelivery() -> None:
