@@ -30,6 +30,7 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "secured_redis": ("secured", "redis", {}),
     # Claims on the event loop after the envelope thread's opens (claim_in_thread off).
     "secured_sqlite_claim_on_loop": ("secured", "sqlite", {"claim_in_thread": False}),
+    "secured_redis_claim_on_loop": ("secured", "redis", {"claim_in_thread": False}),
     # Every envelope opened on the event loop (open_in_thread off).
     "secured_sqlite_inline": ("secured", "sqlite", {"open_in_thread": False}),
     # The consumer taking one delivery at a time (``Consumer(handler)`` with ``guarded``)

@@ -224,6 +224,11 @@ class ReplayStore(Protocol):
 class ThreadClaimingStore(Protocol):
     """A store that can also claim from a worker thread, without the event loop."""
 
+    @property
+    def claims_in_thread(self) -> bool:
+        """Whether ``claim_many_sync`` is usable (a Redis store needs its blocking client)."""
+        ...
+
     def claim_many_sync(
         self, items: Sequence[tuple[bytes, Entry]], now_ms: int
     ) -> list[Decision | Exception]:
@@ -295,7 +300,9 @@ class ReplayGuard:
         self._lease_ms = in_progress_lease_ms
         self._clock = clock
         self._token_source = token_source or _random_token
-        self._thread_store = store if isinstance(store, ThreadClaimingStore) else None
+        self._thread_store = (
+            store if isinstance(store, ThreadClaimingStore) and store.claims_in_thread else None
+        )
 
     @property
     def entry_lifetime_ms(self) -> int:

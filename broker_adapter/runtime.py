@@ -110,6 +110,8 @@ class SecureParty:
             self._executor.shutdown(wait=True)
 
 
+# The blocking Redis client's socket timeouts (claims on the envelope thread).
+_REDIS_THREAD_TIMEOUT_S = 2.0
 # How long a worker keeps trying to open an SQLite replay file that another process is writing.
 _SQLITE_OPEN_WAIT_S = 10.0
 
@@ -121,12 +123,22 @@ async def _open_store(settings: SecuritySettings) -> ReplayStore:
     if settings.replay_store == "redis":
         if not settings.replay_redis_url:
             raise BrokerConfigError("replay_store=redis needs replay_redis_url")
+        from redis import Redis as SyncRedis
         from redis.asyncio import Redis
 
         from broker_adapter.replay_stores.redis import RedisReplayStore
 
         client = Redis.from_url(settings.replay_redis_url, decode_responses=False)
-        return RedisReplayStore(client, prefix=settings.replay_redis_prefix, owns_client=True)
+        # A blocking client too, for claims made on the envelope thread; its timeout bounds
+        # how long a dead server can hold that thread (and the opens queued behind it).
+        sync_client = (
+            SyncRedis.from_url(settings.replay_redis_url, decode_responses=False,
+                               socket_timeout=_REDIS_THREAD_TIMEOUT_S,
+                               socket_connect_timeout=_REDIS_THREAD_TIMEOUT_S)
+            if settings.open_in_thread and settings.claim_in_thread else None
+        )
+        return RedisReplayStore(client, prefix=settings.replay_redis_prefix, owns_client=True,
+                                sync_client=sync_client)
     settings.replay_sqlite_path.parent.mkdir(parents=True, exist_ok=True)
     # Opening the file takes its write lock for a moment (WAL switch, schema). The store waits
     # for a busy file up to its busy timeout itself; a lock held longer than that (a stuck

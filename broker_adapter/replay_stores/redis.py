@@ -20,6 +20,11 @@ deliveries reach ``claim`` together) go to Redis as one pipeline of EVALSHA call
 trip for all of them; each script still runs atomically and each caller gets its own reply. A
 script the server does not know (after a restart or ``SCRIPT FLUSH``) is loaded and only the
 calls that hit NOSCRIPT are sent again.
+
+Given a blocking client too (``sync_client``), the store claims from a worker thread
+(``claim_many_sync``): a consumer that opens a batch on its envelope thread claims it there
+with one pipeline, and the loop neither sends it nor parses the replies (docs/benchmarks.md,
+item 17). Completions and releases stay on the loop.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
@@ -108,11 +114,21 @@ class RedisReplayStore:
     """
 
     def __init__(
-        self, client: Redis, prefix: str = "akma:replay:", *, owns_client: bool = False
+        self,
+        client: Redis,
+        prefix: str = "akma:replay:",
+        *,
+        owns_client: bool = False,
+        sync_client: SyncRedis | None = None,
     ) -> None:
-        if client.connection_pool.connection_kwargs.get("decode_responses", False):
-            raise ValueError("the Redis client must be created with decode_responses=False")
+        for each in (client, sync_client):
+            if each is not None and each.connection_pool.connection_kwargs.get(
+                    "decode_responses", False):
+                raise ValueError("the Redis client must be created with decode_responses=False")
         self._client = client
+        # For ``claim_many_sync`` only, used from one worker thread; it should have a socket
+        # timeout, since that thread also opens envelopes and must not hang on a dead server.
+        self._sync_client = sync_client
         # True when the store was handed a client made for it alone (the runtime does that):
         # then ``close`` closes the client's connections too.
         self._owns_client = owns_client
@@ -125,6 +141,26 @@ class RedisReplayStore:
             self._run_batch, lambda exc: ReplayStoreError(f"replay store: {exc!r}")
         )
 
+    @property
+    def claims_in_thread(self) -> bool:
+        return self._sync_client is not None
+
+    def claim_many_sync(
+        self, items: Sequence[tuple[bytes, Entry]], now_ms: int
+    ) -> list[Decision | Exception]:
+        """``claim_many`` with the blocking client, from a worker thread (never the event
+        loop's). Raises ``ReplayStoreError`` if the pipeline failed."""
+        if self._sync_client is None:
+            raise ReplayStoreError("replay store: no blocking Redis client to claim from a thread")
+        calls = self._claim_calls(items, now_ms)
+        ready = [c for c in calls if isinstance(c, _Call)]
+        try:
+            replies = iter(self._run_batch_sync(self._sync_client, ready) if ready else [])
+        except Exception as exc:
+            raise ReplayStoreError(f"replay store: {exc!r}") from exc
+        return [c if isinstance(c, Exception) else _decision_or_error(next(replies))
+                for c in calls]
+
     def redis_key(self, key: bytes) -> bytes:
         """The Redis key of a replay key (for operators and tests)."""
         return self._prefix + key
@@ -136,13 +172,19 @@ class RedisReplayStore:
         self, items: Sequence[tuple[bytes, Entry]], now_ms: int
     ) -> list[Decision | Exception]:
         # The list joins the turn's pipeline as one submission: one future, not one per item.
+        calls = self._claim_calls(items, now_ms)
+        return [_decision_or_error(r) for r in await self._run_calls(calls)]
+
+    def _claim_calls(
+        self, items: Sequence[tuple[bytes, Entry]], now_ms: int
+    ) -> list[_Call | Exception]:
         calls: list[_Call | Exception] = []
         for key, candidate in items:
             try:
                 calls.append(self._claim_call(key, candidate, now_ms))
             except ValueError as exc:
                 calls.append(exc)
-        return [_decision_or_error(r) for r in await self._run_calls(calls)]
+        return calls
 
     async def complete(self, key: bytes, token: bytes, response: bytes | None, now_ms: int) -> bool:
         # now_ms is not needed: Redis itself has deleted an expired entry.
@@ -190,6 +232,8 @@ class RedisReplayStore:
         await self._batches.drain()
         if self._owns_client:
             await self._client.aclose()
+            if self._sync_client is not None:
+                self._sync_client.close()
 
     async def _call_flag(self, script: AsyncScript, key: bytes, args: list[bytes]) -> bool:
         return bool(await self._call(script, key, args) == 1)
@@ -201,16 +245,15 @@ class RedisReplayStore:
 
     async def _run_batch(self, batch: list[_Call]) -> list[object | Exception]:
         results = await self._send(batch)
-        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        missing, scripts = _lost_scripts(batch, results)
         if missing:
             # The server lost our scripts: load each one, then resend only those calls.
-            for script in {id(batch[i].script): batch[i].script for i in missing}.values():
+            for script in scripts:
                 await self._client.script_load(script.script)
             for i, result in zip(missing, await self._send([batch[i] for i in missing]),
                                  strict=True):
                 results[i] = result
-        return [ReplayStoreError(f"replay store: {r}") if isinstance(r, Exception) else r
-                for r in results]
+        return _store_errors(results)
 
     async def _send(self, batch: list[_Call]) -> list[object | Exception]:
         """One pipeline of EVALSHA calls; a call's error comes back in its place."""
@@ -219,12 +262,45 @@ class RedisReplayStore:
             pipe.evalsha(call.script.sha, 1, call.key, *call.args)  # type: ignore[arg-type]
         return list(await pipe.execute(raise_on_error=False))
 
+    @staticmethod
+    def _run_batch_sync(client: SyncRedis, batch: list[_Call]) -> list[object | Exception]:
+        """``_run_batch`` with the blocking client: the same pipeline and NOSCRIPT recovery."""
+
+        def send(calls: list[_Call]) -> list[object | Exception]:
+            pipe = client.pipeline(transaction=False)
+            for call in calls:
+                pipe.evalsha(call.script.sha, 1, call.key, *call.args)  # type: ignore[arg-type]
+            return list(pipe.execute(raise_on_error=False))
+
+        results = send(batch)
+        missing, scripts = _lost_scripts(batch, results)
+        if missing:
+            for script in scripts:
+                client.script_load(script.script)
+            for i, result in zip(missing, send([batch[i] for i in missing]), strict=True):
+                results[i] = result
+        return _store_errors(results)
+
 
 @dataclass(frozen=True, slots=True)
 class _Call:
     script: AsyncScript
     key: bytes
     args: list[object]
+
+
+def _lost_scripts(
+    batch: list[_Call], results: list[object | Exception]
+) -> tuple[list[int], list[AsyncScript]]:
+    """The calls that hit NOSCRIPT, and each script they need loaded once."""
+    missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+    scripts = {id(batch[i].script): batch[i].script for i in missing}
+    return missing, list(scripts.values())
+
+
+def _store_errors(results: list[object | Exception]) -> list[object | Exception]:
+    return [ReplayStoreError(f"replay store: {r}") if isinstance(r, Exception) else r
+            for r in results]
 
 
 def _decision_or_error(reply: object) -> Decision | Exception:

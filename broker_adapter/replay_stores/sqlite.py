@@ -169,6 +169,10 @@ class SqliteReplayStore:
         return await self._run(lambda conn: _each(
             items, lambda item: self._complete(conn, item[0], item[1], item[2], now_ms)))
 
+    @property
+    def claims_in_thread(self) -> bool:
+        return True
+
     def claim_many_sync(
         self, items: Sequence[tuple[bytes, Entry]], now_ms: int
     ) -> list[Decision | Exception]:

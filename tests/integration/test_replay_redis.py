@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from broker_adapter.replay import (
+    Claim,
     ClaimOutcome,
     ClaimRequest,
     ReplayConflictError,
@@ -27,8 +31,9 @@ from broker_adapter.replay import (
     ReplayStoreError,
 )
 from broker_adapter.replay_stores import RedisReplayStore, system_clock_ms
+from broker_adapter.runtime import SecuritySettings, _open_store
 from tests.conftest import _unavailable
-from tests.unit.test_replay_contract import StoreContract, make_guard
+from tests.unit.test_replay_contract import StoreContract, ThreadClaimContract, make_guard
 
 pytestmark = pytest.mark.redis
 
@@ -44,6 +49,12 @@ async def _connect() -> Redis:
         message = f"Redis not reachable at {REDIS_URL} ({exc}); set AKMA_TEST_REDIS_URL"
         _unavailable(message)  # fails under CI (CI=true/1/yes), skips elsewhere
     return client
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -65,6 +76,50 @@ class TestRedisContract(StoreContract):
     @pytest.fixture
     async def store(self, redis_client: Redis, prefix: str) -> ReplayStore:
         return RedisReplayStore(redis_client, prefix)
+
+
+@pytest.fixture
+def sync_client(redis_client: Redis) -> Iterator[SyncRedis]:
+    # ``redis_client`` first: it skips (or fails under CI) when Redis is not reachable.
+    client = SyncRedis.from_url(REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+    yield client
+    client.close()
+
+
+class TestRedisThreadClaimContract(ThreadClaimContract):
+    """The same rules when batches are claimed with the blocking client from a thread (a
+    consumer's envelope thread), beside the loop's pipelines."""
+
+    @pytest.fixture
+    async def store(self, redis_client: Redis, sync_client: SyncRedis,
+                    prefix: str) -> ReplayStore:
+        return RedisReplayStore(redis_client, prefix, sync_client=sync_client)
+
+
+async def test_thread_claims_need_the_blocking_client(
+    redis_client: Redis, sync_client: SyncRedis, prefix: str
+) -> None:
+    assert not make_guard(RedisReplayStore(redis_client, prefix), system_clock_ms).claims_in_thread
+    store = RedisReplayStore(redis_client, prefix, sync_client=sync_client)
+    guard = make_guard(store, system_clock_ms)
+    requests = [ClaimRequest("af1", os.urandom(16), os.urandom(32), system_clock_ms())
+                for _ in range(3)]
+    # As after a Redis restart: the scripts are gone, the thread's pipeline loads them again.
+    sync_client.script_flush()
+    claims = await asyncio.to_thread(guard.claim_many_sync, requests)
+    assert [c.outcome for c in claims if isinstance(c, Claim)] == [ClaimOutcome.PROCESS] * 3
+    again = await guard.claim_many(requests)
+    assert [c.outcome for c in again if isinstance(c, Claim)] == (
+        [ClaimOutcome.DUPLICATE_IN_PROGRESS] * 3)
+    # A server that cannot be reached is a store error, not a hang of the thread.
+    dead = SyncRedis(host="127.0.0.1", port=_free_port(), socket_connect_timeout=1,
+                     socket_timeout=1)
+    try:
+        with pytest.raises(ReplayStoreError):
+            make_guard(RedisReplayStore(redis_client, prefix, sync_client=dead),
+                       system_clock_ms).claim_many_sync(requests[:1])
+    finally:
+        dead.close()
 
 
 async def test_two_guards_on_two_clients_share_state(redis_client: Redis, prefix: str) -> None:
@@ -182,3 +237,17 @@ async def test_text_mode_client_refused() -> None:
             RedisReplayStore(client)
     finally:
         await client.aclose()
+
+
+@pytest.mark.parametrize(("claim_in_thread", "expected"), [(True, True), (False, False)])
+async def test_the_runtime_gives_the_redis_store_its_blocking_client(
+    redis_client: Redis, prefix: str, tmp_path: Path, claim_in_thread: bool, expected: bool
+) -> None:
+    settings = SecuritySettings(key_dir=tmp_path, trust_dir=tmp_path, replay_store="redis",
+                                replay_redis_url=REDIS_URL, replay_redis_prefix=prefix,
+                                claim_in_thread=claim_in_thread)
+    store = await _open_store(settings)
+    try:
+        assert isinstance(store, RedisReplayStore) and store.claims_in_thread is expected
+    finally:
+        await store.close()

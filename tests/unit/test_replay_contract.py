@@ -268,7 +268,7 @@ class TestSqliteContract(StoreContract):
         await store.close()
 
 
-class _ThreadClaimingGuard(ReplayGuard):
+class ThreadClaimingGuard(ReplayGuard):
     """Batch claims go through ``claim_many_sync`` in a worker thread, as a consumer's envelope
     thread makes them; everything else stays on the loop, as in that consumer."""
 
@@ -276,7 +276,19 @@ class _ThreadClaimingGuard(ReplayGuard):
         return await asyncio.to_thread(self.claim_many_sync, requests)
 
 
-class TestSqliteThreadClaimContract(StoreContract):
+class ThreadClaimContract(StoreContract):
+    """The contract with batch claims made from a thread, beside the loop's own calls;
+    subclasses provide a ``store`` that can claim from a thread."""
+
+    @pytest.fixture
+    def guard(self, store: ReplayStore, clock: FakeClock) -> ReplayGuard:
+        guard = ThreadClaimingGuard(store, window_ms=WINDOW_MS, skew_ms=SKEW_MS,
+                                    in_progress_lease_ms=LEASE_MS, clock=clock)
+        assert guard.claims_in_thread
+        return guard
+
+
+class TestSqliteThreadClaimContract(ThreadClaimContract):
     """The same rules when batches are claimed from a thread, beside the loop's group commits."""
 
     @pytest.fixture
@@ -284,13 +296,6 @@ class TestSqliteThreadClaimContract(StoreContract):
         store = SqliteReplayStore(tmp_path / "replay.db")
         yield store
         await store.close()
-
-    @pytest.fixture
-    def guard(self, store: ReplayStore, clock: FakeClock) -> ReplayGuard:
-        guard = _ThreadClaimingGuard(store, window_ms=WINDOW_MS, skew_ms=SKEW_MS,
-                                     in_progress_lease_ms=LEASE_MS, clock=clock)
-        assert guard.claims_in_thread
-        return guard
 
 
 class TestSqliteFullSyncContract(StoreContract):
