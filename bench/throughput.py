@@ -48,6 +48,7 @@ ASYNCIO_LOOP_VARIANTS = {"secured_sqlite_asyncio": "secured_sqlite"}
 DEFAULT_VARIANTS = (
     "plain", "plain_signed", "transport", "transport_signed", "secured_sqlite", "secured_redis",
     "secured_sqlite_inline", "secured_sqlite_single", "secured_sqlite_asyncio",
+    "secured_sqlite_claim_on_loop", "secured_redis_claim_on_loop",
 )
 
 
