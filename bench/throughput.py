@@ -31,6 +31,8 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
     # Claims on the event loop after the envelope thread's opens (claim_in_thread off).
     "secured_sqlite_claim_on_loop": ("secured", "sqlite", {"claim_in_thread": False}),
     "secured_redis_claim_on_loop": ("secured", "redis", {"claim_in_thread": False}),
+    # One Redis script call per message instead of one per batch (replay_redis_batch_scripts).
+    "secured_redis_per_key": ("secured", "redis", {"replay_redis_batch_scripts": False}),
     # Every envelope opened on the event loop (open_in_thread off).
     "secured_sqlite_inline": ("secured", "sqlite", {"open_in_thread": False}),
     # The consumer taking one delivery at a time (``Consumer(handler)`` with ``guarded``)
@@ -48,7 +50,7 @@ ASYNCIO_LOOP_VARIANTS = {"secured_sqlite_asyncio": "secured_sqlite"}
 DEFAULT_VARIANTS = (
     "plain", "plain_signed", "transport", "transport_signed", "secured_sqlite", "secured_redis",
     "secured_sqlite_inline", "secured_sqlite_single", "secured_sqlite_asyncio",
-    "secured_sqlite_claim_on_loop", "secured_redis_claim_on_loop",
+    "secured_sqlite_claim_on_loop", "secured_redis_claim_on_loop", "secured_redis_per_key",
 )
 
 

@@ -57,6 +57,9 @@ class SecuritySettings(BaseModel):
     replay_sqlite_path: Path = Path("var/replay.sqlite3")
     replay_redis_url: str | None = None
     replay_redis_prefix: str = "akma:replay:"
+    # A batch's claims and completions as one script call over all its keys (faster); turn it
+    # off behind a proxy or cluster that only routes one-key scripts.
+    replay_redis_batch_scripts: bool = True
     # A handler holding a message longer than this is presumed dead and the message reprocessed.
     # Keep it within one lease wait of the consumer (5 s in broker_adapter.secure) and well
     # under a requester's patience (AF: 3 x 5 s): after a worker crash, the redelivery then
@@ -138,7 +141,8 @@ async def _open_store(settings: SecuritySettings) -> ReplayStore:
             if settings.open_in_thread and settings.claim_in_thread else None
         )
         return RedisReplayStore(client, prefix=settings.replay_redis_prefix, owns_client=True,
-                                sync_client=sync_client)
+                                sync_client=sync_client,
+                                batch_scripts=settings.replay_redis_batch_scripts)
     settings.replay_sqlite_path.parent.mkdir(parents=True, exist_ok=True)
     # Opening the file takes its write lock for a moment (WAL switch, schema). The store waits
     # for a busy file up to its busy timeout itself; a lock held longer than that (a stuck

@@ -78,6 +78,31 @@ class TestRedisContract(StoreContract):
         return RedisReplayStore(redis_client, prefix)
 
 
+class TestRedisPerKeyContract(StoreContract):
+    """One script call per message, as on a Redis Cluster (a script may only touch keys of one
+    hash slot there): the same rules as with a batch's claims in one call."""
+
+    @pytest.fixture
+    async def store(self, redis_client: Redis, prefix: str) -> ReplayStore:
+        return RedisReplayStore(redis_client, prefix, batch_scripts=False)
+
+
+async def test_batch_scripts_lost_by_the_server_are_loaded_again(
+    redis_client: Redis, prefix: str
+) -> None:
+    guard = make_guard(RedisReplayStore(redis_client, prefix), system_clock_ms)
+    requests = [ClaimRequest("af1", os.urandom(16), os.urandom(32), system_clock_ms())
+                for _ in range(4)]
+    await redis_client.script_flush()
+    claims = await guard.claim_many(requests)
+    assert [c.outcome for c in claims if isinstance(c, Claim)] == [ClaimOutcome.PROCESS] * 4
+    await redis_client.script_flush()
+    assert await guard.complete_many([(c, b"r") for c in claims if isinstance(c, Claim)]) == [
+        True] * 4
+    again = await guard.claim_many(requests)
+    assert [c.cached_response for c in again if isinstance(c, Claim)] == [b"r"] * 4
+
+
 @pytest.fixture
 def sync_client(redis_client: Redis) -> Iterator[SyncRedis]:
     # ``redis_client`` first: it skips (or fails under CI) when Redis is not reachable.
