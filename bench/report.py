@@ -47,6 +47,11 @@ def headline(results: dict[str, Any]) -> dict[str, float]:
         # The worst concurrency level is the headline: a p99 that holds only when idle is no
         # promise.
         out["rpc_p99_ratio"] = max(level["p99_ratio"] for level in lat["levels"].values())
+        if all("p99_ratio_vs_stock" in level for level in lat["levels"].values()):
+            # Not a target: the same worst level against the echo written with stock aio-pika,
+            # the baseline the throughput part calls plain.
+            out["rpc_p99_ratio_vs_stock"] = max(
+                level["p99_ratio_vs_stock"] for level in lat["levels"].values())
         busiest = lat["levels"][max(lat["levels"], key=int)]
         echo_cpu = _cpu_per_request(busiest, "plain")
         if echo_cpu > 0:  # /proc counts in ticks: a tiny run can read zero
@@ -111,8 +116,8 @@ def markdown(results: dict[str, Any]) -> str:
     for name, v in results["targets"].items():
         lines.append(f"| `{name}` | {v['value']:.2f} | {v['target']} | {'yes' if v['met'] else 'NO'} |")
     for name in ("signature_floor_ratio", "signature_floor_on_shell_ratio",
-                 "secured_vs_transport_ratio", "drain_ratio", "rpc_cpu_ratio",
-                 "rpc_cpu_floor_ratio", "worker_scaling"):
+                 "secured_vs_transport_ratio", "drain_ratio", "rpc_p99_ratio_vs_stock",
+                 "rpc_cpu_ratio", "rpc_cpu_floor_ratio", "worker_scaling"):
         if name in results["metrics"]:
             lines.append(f"| `{name}` | {results['metrics'][name]:.2f} | (reported) | |")
     for part in ("throughput", "drain"):
@@ -175,6 +180,19 @@ def markdown(results: dict[str, Any]) -> str:
                     f"| {c} | {pa['p50_ms']:.2f} | {pa['p99_ms']:.2f} | {pa['req_per_s']:.0f} | "
                     f"{pa.get('responder_cpu_us_per_req', 0):.0f} | "
                     f"{lv['p99_ratio_vs_plain_akma']:.2f} |")
+        if all("stock" in lv for lv in lat["levels"].values()):
+            lines += ["", ("Stock echo: the plain echo written with stock aio-pika on asyncio's loop "
+                           "at both ends, the baseline the throughput part calls plain "
+                           "(reported, not a target)."), "",
+                      ("| callers | stock p50 ms | stock p99 ms | req/s | responder CPU us/req | "
+                       "secured p99 / stock p99 |"),
+                      "|---:|---:|---:|---:|---:|---:|"]
+            for c, lv in lat["levels"].items():
+                st = lv["stock"]
+                lines.append(
+                    f"| {c} | {st['p50_ms']:.2f} | {st['p99_ms']:.2f} | {st['req_per_s']:.0f} | "
+                    f"{st.get('responder_cpu_us_per_req', 0):.0f} | "
+                    f"{lv['p99_ratio_vs_stock']:.2f} |")
     cpu = results.get("envelope_cpu")
     if cpu:
         lines += ["", "## Envelope CPU (us per message, process CPU time)", "",

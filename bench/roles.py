@@ -339,6 +339,41 @@ async def plain_responder(config: dict[str, Any]) -> None:
     await connection.close()
 
 
+async def stock_responder(config: dict[str, Any]) -> None:
+    """``plain_responder`` written with stock aio-pika as a plain application would (its
+    consumer callbacks and ``Exchange.publish`` with confirms, asyncio's loop): the latency
+    baseline that matches the throughput part's "plain"."""
+    broker, _ = _settings(config)
+    reply = os.urandom(int(config["reply_bytes"]))
+    connection = await connect(_stock(broker))
+    channel = await connection.channel(publisher_confirms=True)
+    await channel.set_qos(prefetch_count=int(config["prefetch"]))
+    queue = await channel.declare_queue(REQUEST_QUEUE, passive=True)
+    replies = await channel.get_exchange(REPLY_EXCHANGE, ensure=False)
+
+    async def on_message(message: AbstractIncomingMessage) -> None:
+        await replies.publish(
+            aio_pika.Message(
+                body=reply,
+                message_id=secrets.token_hex(16),
+                correlation_id=message.correlation_id,
+                type="bench.reply",
+                user_id=broker.identity,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            ),
+            routing_key=message.user_id or "",
+            mandatory=True,
+        )
+        await message.ack()
+
+    await queue.consume(on_message, no_ack=False)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    emit("ready")
+    await stop.wait()
+    await connection.close()
+
+
 async def plain_akma_responder(config: dict[str, Any]) -> None:
     """The network worker's AKMA work (NEF + AAnF on the same context store and registry, audit
     lines included) behind plain request/response: no envelope, no replay guard. Separates
@@ -387,6 +422,7 @@ ROLES: dict[str, Callable[[dict[str, Any]], Coroutine[Any, Any, None]]] = {
     "tp-producer": producer,
     "tp-consumer": consumer,
     "plain-responder": plain_responder,
+    "stock-responder": stock_responder,
     "plain-akma-responder": plain_akma_responder,
 }
 
@@ -395,7 +431,7 @@ def main(argv: list[str]) -> int:
     role, config = argv[0], json.loads(argv[1])
     # Stock aio-pika runs on asyncio's own loop, as a plain aio-pika application would; our
     # parties run on the loop our workers choose (``run_worker``: uvloop where installed).
-    stock = config.get("mode") in ("plain", "plain_signed")
+    stock = config.get("mode") in ("plain", "plain_signed") or role == "stock-responder"
     run_worker(ROLES[role](config), "asyncio" if stock else config.get("event_loop", "auto"))
     return 0
 

@@ -49,6 +49,9 @@ def test_bench_harness_runs_end_to_end_in_tiny_mode(tmp_path: Path) -> None:
     # Reported beside rpc_p99_ratio (CPU per request, read from /proc: coarse at these counts).
     assert results["metrics"]["rpc_cpu_floor_ratio"] > 0
     assert results["metrics"]["rpc_cpu_ratio"] > 0
+    # And the same request against the echo written with stock aio-pika.
+    assert results["metrics"]["rpc_p99_ratio_vs_stock"] > 0
+    assert all(level["stock"]["n"] > 0 for level in results["latency"]["levels"].values())
     assert results["scaling"]["worker_scaling"] > 0
     assert results["memory"]["sqlite"]["ids"] == 300
     assert results["envelope_cpu"]["envelope_vs_jose_ratio"] > 0
