@@ -156,13 +156,18 @@ async def _rpc_phase(dep: Deployment, cfg: LatencyConfig, responder: Child,
         responder.stop()
 
 
-async def _plain_phase(dep: Deployment, cfg: LatencyConfig, sizes: dict[str, int],
-                       label: str) -> dict[int, dict[str, float]]:
-    responder = Child.role(
-        f"lat-plain-{label}", "plain-responder",
+def _echo_responder(dep: Deployment, role: str, label: str, sizes: dict[str, int]) -> Child:
+    """A responder process answering every request with a body of the sealed answer's size."""
+    return Child.role(
+        label, role,
         {"reply_bytes": sizes["reply"], "prefetch": 64, "party": dep.party_config(NETWORK)},
         dep.work,
     )
+
+
+async def _plain_phase(dep: Deployment, cfg: LatencyConfig, sizes: dict[str, int],
+                       label: str) -> dict[int, dict[str, float]]:
+    responder = _echo_responder(dep, "plain-responder", f"lat-plain-{label}", sizes)
     body = os.urandom(sizes["request"])
 
     def make_call(rpc: RpcClient) -> Call:
@@ -220,11 +225,7 @@ class _StockRpc:
 
 async def _stock_phase(dep: Deployment, cfg: LatencyConfig, sizes: dict[str, int],
                        label: str) -> dict[int, dict[str, float]]:
-    responder = Child.role(
-        f"lat-stock-{label}", "stock-responder",
-        {"reply_bytes": sizes["reply"], "prefetch": 64, "party": dep.party_config(NETWORK)},
-        dep.work,
-    )
+    responder = _echo_responder(dep, "stock-responder", f"lat-stock-{label}", sizes)
     body = os.urandom(sizes["request"])
     try:
         responder.event("ready")
