@@ -83,7 +83,7 @@ class SecuritySettings(BaseModel):
     # the loop: the two took turns instead of overlapping (docs/benchmarks.md, item 12).
     open_thread_max_batch: int = Field(default=64, ge=1)
     # A batch opened on the envelope thread is claimed in the replay store there too, in the
-    # same hand-off, where the store can (SQLite; Redis claims stay on the loop): the loop then
+    # same hand-off (SQLite; Redis with a blocking client of its own, made below): the loop then
     # runs none of the claim statements (docs/benchmarks.md, item 17).
     claim_in_thread: bool = True
 

@@ -403,15 +403,12 @@ class SqliteReplayStore:
 
     def _run_waiting(self, batch: list[_Op]) -> list[object | Exception]:
         with self._conn_lock:
-            self._set_busy_timeout(self._busy_timeout_ms)
-            try:
-                return self._transaction_batch(batch)
-            finally:
-                self._set_busy_timeout(0)
+            return self._transaction_batch_waiting(batch)
 
     def _transaction_batch_waiting(self, batch: list[_Op]) -> list[object | Exception]:
         """``_transaction_batch`` from a thread holding the lock: first without waiting for
-        another process's write lock (the common case costs no PRAGMA), then waiting for it."""
+        another process's write lock (the common case costs no PRAGMA), then waiting for it
+        up to the busy timeout."""
         try:
             return self._transaction_batch(batch)
         except sqlite3.Error as exc:
