@@ -44,6 +44,8 @@ class AfService:
             party.endpoint,
             party.connection,
             inbox_queue(party.endpoint.identity),
+            request_exchange="akma.requests",
+            dead_letter_exchange="akma.dlx",
             on_notification=on_notification,
         )
         client = AkmaKeyClient(

@@ -39,7 +39,8 @@ from bench.common import (
 )
 from broker_adapter.runtime import open_secure_party, system_clock_ms
 from broker_adapter.secure import SecureRequester
-from broker_adapter.transport import Publisher, RpcClient, connect
+from bench.plain_rpc import RpcClient
+from broker_adapter.transport import Publisher, connect
 from network_side.akma import UA_TLS13_SHARED_KEY, make_af_id
 from network_side.messages import AkmaAfKeyData, AkmaAfKeyRequest, decode_body
 

@@ -1,20 +1,21 @@
 """Coded errors of the message layer: envelope, trust store and replay decisions.
 
 Every failure while opening an envelope raises a subclass of ``EnvelopeError``; its ``code`` is
-stable and goes to dead-letter headers, metric labels and the audit log. A remote party never
-sees these codes: whatever goes back over the wire is a ``RejectedError``, which carries one
-fixed code, so a peer cannot use our answers as an oracle for which check failed.
+stable and goes to dead-letter headers, metric labels and the audit log, never back to a peer.
+Opening failures are the message's fault (``Fault.REMOTE``); a seal refused for our own input
+is ours.
 """
 
 from __future__ import annotations
 
-from broker_adapter.errors import BrokerAdapterError
+from broker_adapter.errors import BrokerAdapterError, Fault
 
 
 class EnvelopeError(BrokerAdapterError):
     """Root of every envelope failure; ``open_envelope`` raises nothing else."""
 
     code = "envelope_error"
+    fault = Fault.REMOTE
 
 
 # ---- step 1: size and structure -----------------------------------------------------------
@@ -114,12 +115,6 @@ class ReplayError(EnvelopeError):
     code = "replay"
 
 
-class DuplicateMessageError(ReplayError):
-    """Same sender, id and bytes as a message already processed: a harmless redelivery."""
-
-    code = "duplicate"
-
-
 class ReplayConflictError(ReplayError):
     """Same sender and id as a known message but different bytes: forgery or a producer bug."""
 
@@ -133,10 +128,12 @@ class InvalidSealInputError(EnvelopeError):
     """The caller asked to seal something v1 cannot carry (bad name, id length, key type...)."""
 
     code = "invalid_seal_input"
+    fault = Fault.LOCAL
 
 
 class NoRecipientKeyError(EnvelopeError):
-    """The trust store holds no valid encryption certificate for that peer and suite."""
+    """The trust store holds no valid encryption certificate for that peer and suite: the peer's
+    (a lapsed or revoked certificate), so a reply it cannot get is its own message's verdict."""
 
     code = "no_recipient_key"
 
@@ -148,23 +145,4 @@ class TrustStoreError(BrokerAdapterError):
     """Trust material could not be loaded; on reload the previous snapshot stays in force."""
 
     code = "trust_store"
-
-
-# ---- what a remote party sees -------------------------------------------------------------------
-
-
-class RejectedError(BrokerAdapterError):
-    """The only answer a remote peer gets; the detailed reason stays local."""
-
-    code = "rejected"
-
-    def __init__(self, detail: str = "") -> None:
-        # The detail is deliberately dropped: this object may be serialised back to a peer.
-        del detail
-        super().__init__()
-
-    @classmethod
-    def from_error(cls, error: BaseException) -> RejectedError:
-        """Hide ``error`` behind the opaque answer (the caller logs ``error`` itself)."""
-        del error
-        return cls()
+    fault = Fault.LOCAL

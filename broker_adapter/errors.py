@@ -1,38 +1,57 @@
-"""One exception root for the package; every subclass carries a stable, machine-readable code.
+"""One exception root for the package; every subclass carries a stable code and says whose fault.
 
-Codes are what goes into dead-letter headers, metrics labels and audit logs. A remote peer
-never sees them: it only ever learns "rejected" (see ``RejectedError``).
+Codes go into dead-letter headers, metric labels and logs; a remote peer never sees them. The
+split by fault follows h11's local/remote protocol errors: a ``REMOTE`` fault is the message's or
+its sender's (dead-letter it with the code), a ``LOCAL`` fault is ours (a key, a store, the link,
+a bug: requeue it, count it, alert). ``broker_adapter.verdict.outcome_for`` is the one mapping.
+Other packages' errors take part by carrying the same two class attributes, ``code`` and ``fault``.
 """
 
 from __future__ import annotations
+
+import enum
+
+
+class Fault(enum.Enum):
+    REMOTE = "remote"
+    LOCAL = "local"
 
 
 class BrokerAdapterError(Exception):
     """Root of every error raised by ``broker_adapter``."""
 
     code: str = "broker_adapter_error"
-    # True for failures of our infrastructure (the link, the replay store), which say nothing
-    # about the message: a consumer requeues it instead of dead-lettering it.
-    transient: bool = False
+    fault: Fault = Fault.LOCAL
 
     def __init__(self, detail: str = "") -> None:
         super().__init__(f"{self.code}: {detail}" if detail else self.code)
         self.detail = detail
 
 
+def fault_of(exc: BaseException) -> Fault:
+    """Whose fault ``exc`` is; anything that does not say is a bug of ours."""
+    fault = getattr(type(exc), "fault", None)
+    return fault if isinstance(fault, Fault) else Fault.LOCAL
+
+
+def code_of(exc: BaseException) -> str:
+    code = getattr(type(exc), "code", None)
+    return code if isinstance(code, str) else "internal_error"
+
+
 # ---- transport (I/O shell) -------------------------------------------------------------------
 
 
 class TransportError(BrokerAdapterError):
+    """The broker link or the broker's answer to a publish: ours to retry."""
+
     code = "transport_error"
-    transient = True
 
 
 class BrokerConfigError(TransportError):
     """Settings or key material for the broker connection are missing or invalid."""
 
     code = "broker_config"
-    transient = False
 
 
 class PublishNackedError(TransportError):
@@ -57,3 +76,10 @@ class RequestTimeoutError(TransportError):
     """A request/response round trip got no answer in time."""
 
     code = "request_timeout"
+
+
+class UnexpectedResponderError(BrokerAdapterError):
+    """A trusted party answered a request that was sent to another party."""
+
+    code = "unexpected_responder"
+    fault = Fault.REMOTE

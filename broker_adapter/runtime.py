@@ -12,7 +12,6 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -31,6 +30,7 @@ from broker_adapter.secure import SecureEndpoint
 from broker_adapter.suites import DEFAULT_SUITE_NAME
 from broker_adapter.transport import BrokerSettings, Publisher, connect
 from broker_adapter.trust import TrustStore
+from broker_adapter.turns import EnvelopeWorker
 
 log = logging.getLogger("broker_adapter.runtime")
 
@@ -61,31 +61,15 @@ class SecuritySettings(BaseModel):
     # off behind a proxy or cluster that only routes one-key scripts.
     replay_redis_batch_scripts: bool = True
     # A handler holding a message longer than this is presumed dead and the message reprocessed.
-    # Keep it within one lease wait of the consumer (5 s in broker_adapter.secure) and well
-    # under a requester's patience (AF: 3 x 5 s): after a worker crash, the redelivery then
-    # reclaims the message at its first wait. With 30 s, a crashed worker's in-flight requests
-    # stalled past the AF's timeout and spent the queue's delivery limit on lease waits
-    # (found by the worker_crash scenario, docs/reliability.md).
+    # Keep it within one lease wait of the receiver (5 s) and well under a requester's
+    # patience, so that after a worker crash the redelivery reclaims the message at its first
+    # wait instead of spending the queue's delivery limit.
     replay_lease_ms: int = Field(default=5_000, gt=0)
     # Trust material (CA, CRL, peer certificates) is re-read this often without a restart.
     trust_reload_s: float = Field(default=60.0, gt=0)
-    # Open envelopes (checks 1-7) on one worker thread instead of the event loop, a loop turn's
-    # deliveries as one batch (ECDSA verification and AES-GCM release the GIL), so the loop
-    # moves frames and replay claims meanwhile. Only batches of at least
-    # ``open_thread_min_batch`` deliveries go to the thread: a lone request is opened on the
-    # loop, where it waits for no hand-off (that cost +0.4 ms per K_AF request at low load when
-    # every batch went to the thread). Measured in docs/benchmarks.md.
-    open_in_thread: bool = True
-    open_thread_min_batch: int = Field(default=4, ge=1)
-    # A loop turn's batch goes to the thread in slices of at most this many, so the loop claims
-    # and acks the first slice while the thread opens the next. Unsliced, a consumer whose
-    # whole prefetch window arrived at once waited for all of it, then the thread waited for
-    # the loop: the two took turns instead of overlapping (docs/benchmarks.md, item 12).
-    open_thread_max_batch: int = Field(default=64, ge=1)
-    # A batch opened on the envelope thread is claimed in the replay store there too, in the
-    # same hand-off (SQLite; Redis with a blocking client of its own, made below): the loop then
-    # runs none of the claim statements (docs/benchmarks.md, item 17).
-    claim_in_thread: bool = True
+    # Open, verify and claim large batches on a thread of their own, so the event loop keeps
+    # moving frames meanwhile; turn it off on a host with a single core, where it cannot help.
+    envelope_thread: bool = True
 
 
 @dataclass
@@ -98,7 +82,6 @@ class SecureParty:
     trust: TrustStore
     store: ReplayStore
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    _executor: ThreadPoolExecutor | None = None
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -108,13 +91,12 @@ class SecureParty:
                 await task
         await self.publisher.close()
         await self.connection.close()
-        await self.store.close()
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
+        self.endpoint.worker.close()
+        self.store.close()
 
 
-# The blocking Redis client's socket timeouts (claims on the envelope thread).
-_REDIS_THREAD_TIMEOUT_S = 2.0
+# The Redis client's socket timeouts: they bound how long a dead server holds a store call.
+_REDIS_TIMEOUT_S = 2.0
 # How long a worker keeps trying to open an SQLite replay file that another process is writing.
 _SQLITE_OPEN_WAIT_S = 10.0
 
@@ -126,28 +108,18 @@ async def _open_store(settings: SecuritySettings) -> ReplayStore:
     if settings.replay_store == "redis":
         if not settings.replay_redis_url:
             raise BrokerConfigError("replay_store=redis needs replay_redis_url")
-        from redis import Redis as SyncRedis
-        from redis.asyncio import Redis
+        from redis import Redis
 
         from broker_adapter.replay_stores.redis import RedisReplayStore
 
-        client = Redis.from_url(settings.replay_redis_url, decode_responses=False)
-        # A blocking client too, for claims made on the envelope thread; its timeout bounds
-        # how long a dead server can hold that thread (and the opens queued behind it).
-        sync_client = (
-            SyncRedis.from_url(settings.replay_redis_url, decode_responses=False,
-                               socket_timeout=_REDIS_THREAD_TIMEOUT_S,
-                               socket_connect_timeout=_REDIS_THREAD_TIMEOUT_S)
-            if settings.open_in_thread and settings.claim_in_thread else None
-        )
+        client = Redis.from_url(settings.replay_redis_url, decode_responses=False,
+                                socket_timeout=_REDIS_TIMEOUT_S,
+                                socket_connect_timeout=_REDIS_TIMEOUT_S)
         return RedisReplayStore(client, prefix=settings.replay_redis_prefix, owns_client=True,
-                                sync_client=sync_client,
                                 batch_scripts=settings.replay_redis_batch_scripts)
     settings.replay_sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-    # Opening the file takes its write lock for a moment (WAL switch, schema). The store waits
-    # for a busy file up to its busy timeout itself; a lock held longer than that (a stuck
-    # process sharing the file) is retried here a little longer before the worker gives up
-    # (the worker_crash scenario found workers dying of "database is locked" at start).
+    # Opening takes the file's write lock for a moment (WAL switch, schema); a process sharing
+    # the file may hold it longer than the store's busy timeout, so opening is retried a while.
     deadline = time.monotonic() + _SQLITE_OPEN_WAIT_S
     while True:
         try:
@@ -200,20 +172,17 @@ async def open_secure_party(
         in_progress_lease_ms=security.replay_lease_ms,
         clock=clock,
     )
-    connection = await connect(broker)
+    try:
+        connection = await connect(broker)
+    except BaseException:
+        store.close()
+        raise
     publisher = Publisher(connection, broker.identity, confirm_timeout_s=broker.publish_timeout_s)
-    executor = (
-        ThreadPoolExecutor(max_workers=1, thread_name_prefix="envelope-open")
-        if security.open_in_thread
-        else None
-    )
     endpoint = SecureEndpoint(
-        codec=codec, guard=guard, publisher=publisher, open_executor=executor,
-        open_executor_min_batch=security.open_thread_min_batch,
-        open_executor_max_batch=security.open_thread_max_batch,
-        claim_on_open_thread=security.claim_in_thread,
+        codec=codec, guard=guard, publisher=publisher,
+        worker=EnvelopeWorker(use_thread=security.envelope_thread),
     )
-    party = SecureParty(connection, publisher, endpoint, trust, store, _executor=executor)
+    party = SecureParty(connection, publisher, endpoint, trust, store)
     party._tasks.append(
         asyncio.create_task(_reload_trust_periodically(trust, security.trust_reload_s))
     )

@@ -1,8 +1,9 @@
 """The network worker's I/O shell: secure broker messages in, NEF/AAnF decisions, sealed replies out.
 
 All decisions are made by the pure ``Nef``; this module only decodes, dispatches, measures and
-sends. A ``StoreError`` (our own storage failing) escapes the handler on purpose: the secure
-layer releases the replay claim and requeues the request, bounded by the delivery limit.
+sends. A ``StoreError`` (our own storage failing) escapes the handler on purpose: it is our fault, so
+the receive path releases the replay claim and requeues the request, bounded by the delivery
+limit.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from prometheus_client import Counter, Histogram
 from broker_adapter.envelope import OpenedMessage
 from broker_adapter.runtime import SecureParty
 from broker_adapter.secure import Reply, SecureResponder
-from broker_adapter.transport import Consumer
 from network_side.errors import NetworkSideError
 from network_side.messages import Rejected, decode_body
 from network_side.nef import Nef
@@ -41,6 +41,7 @@ NOTIFICATIONS = Counter(
 
 REQUEST_QUEUE = "network.requests"
 REPLY_EXCHANGE = "akma.replies"
+DEAD_LETTER_EXCHANGE = "akma.dlx"
 
 
 class NetworkService:
@@ -56,19 +57,17 @@ class NetworkService:
         self._party = party
         self._nef = nef
         self._reply_exchange = reply_exchange
-        responder = SecureResponder(party.endpoint, self.handle, reply_exchange=reply_exchange)
-        # Batch mode: each loop turn's requests are opened, claimed and completed together
-        # (docs/benchmarks.md, item 13); the verdicts are those of one request at a time.
-        self._consumer = Consumer(
-            party.connection, queue, publisher=party.publisher, prefetch=prefetch,
-            batch_handler=responder.handle_batch,
+        self._responder = SecureResponder(
+            party.endpoint, party.connection, queue, self.handle,
+            reply_exchange=reply_exchange, dead_letter_exchange=DEAD_LETTER_EXCHANGE,
+            prefetch=prefetch,
         )
 
     async def start(self) -> None:
-        await self._consumer.start()
+        await self._responder.start()
 
     async def stop(self, drain_timeout_s: float = 10.0) -> None:
-        await self._consumer.stop(drain_timeout_s=drain_timeout_s)
+        await self._responder.stop(drain_timeout_s=drain_timeout_s)
 
     async def handle(self, opened: OpenedMessage) -> Reply:
         started = time.perf_counter()

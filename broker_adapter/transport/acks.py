@@ -26,6 +26,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from broker_adapter.turns import PerTurn
+
 log = logging.getLogger("broker_adapter.transport")
 
 
@@ -108,7 +110,7 @@ class AckBatcher:
     def __init__(self) -> None:
         self._channel: object | None = None
         self._ledger = AckLedger()
-        self._scheduled = False
+        self._flush_turn = PerTurn(self._flush)
         self._plans: deque[tuple[object, AckPlan]] = deque()
         self._sender: asyncio.Task[None] | None = None
 
@@ -128,9 +130,7 @@ class AckBatcher:
         if _channel_of(message) is not self._channel or message.delivery_tag is None:
             return  # Its channel is gone; so is the delivery.
         self._ledger.finished(message.delivery_tag)
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        self._flush_turn.schedule()
 
     def settle_elsewhere(self, message: Delivered) -> None:
         """Call before nacking or rejecting ``message`` individually."""
@@ -138,7 +138,6 @@ class AckBatcher:
             self._ledger.settled_elsewhere(message.delivery_tag)
 
     def _flush(self) -> None:
-        self._scheduled = False
         plan = self._ledger.take()
         if plan.empty or self._channel is None:
             return
@@ -161,8 +160,7 @@ class AckBatcher:
 
     async def drain(self) -> None:
         """Send whatever is pending now and wait for it (before closing the channel)."""
-        if self._scheduled:
-            self._flush()
+        self._flush_turn.run_now()
         if self._sender is not None:
             await asyncio.gather(self._sender, return_exceptions=True)
 

@@ -27,6 +27,8 @@ from aiormq import TransportFactory
 from aiormq.exceptions import AMQPConnectionError
 from yarl import URL
 
+from broker_adapter.turns import PerTurn
+
 log = logging.getLogger("broker_adapter.transport")
 
 # A TLS record carries at most 16 KiB; a few of them per write keep the buffer small while the
@@ -64,8 +66,7 @@ class CoalescingStreamWriter(asyncio.StreamWriter):
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._max_pending = max_pending
-        self._flush_handle: asyncio.Handle | None = None
-        self._event_loop = loop
+        self._flush_turn = PerTurn(self._scheduled_flush)
         # A write that failed in the scheduled flush is raised to the next caller, so the
         # connection's writer task learns of it as it would have from a direct write.
         self._failed: BaseException | None = None
@@ -83,8 +84,8 @@ class CoalescingStreamWriter(asyncio.StreamWriter):
         self.stats.chunks += 1
         if self._pending_bytes >= self._max_pending:
             self.flush()
-        elif self._flush_handle is None:
-            self._flush_handle = self._event_loop.call_soon(self._scheduled_flush)
+        else:
+            self._flush_turn.schedule()
 
     def writelines(self, data: Iterable[bytes | bytearray | memoryview]) -> None:
         for chunk in data:
@@ -92,9 +93,7 @@ class CoalescingStreamWriter(asyncio.StreamWriter):
 
     def flush(self) -> None:
         """Hand everything pending to the transport now, as one write."""
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
+        self._flush_turn.cancel()
         if not self._pending:
             return
         block = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
@@ -105,7 +104,6 @@ class CoalescingStreamWriter(asyncio.StreamWriter):
         super().write(block)
 
     def _scheduled_flush(self) -> None:
-        self._flush_handle = None
         try:
             self.flush()
         except Exception as exc:  # noqa: BLE001 - kept for the next write or drain

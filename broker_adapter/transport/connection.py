@@ -18,6 +18,7 @@ from yarl import URL
 from broker_adapter.errors import TransportError
 from broker_adapter.transport.coalesce import CoalescingTLSTransportFactory, WriteStats
 from broker_adapter.transport.raw_consume import RawConsumeChannel
+from broker_adapter.transport.seams import check_library_seams, unbound_write_queue
 from broker_adapter.transport.settings import BrokerSettings
 from broker_adapter.transport.tls import client_ssl_context
 
@@ -57,24 +58,6 @@ class CoalescingRobustConnection(RawConsumeRobustConnection):
         return self._factory.stats
 
 
-def unbound_write_queue(queue: asyncio.Queue[Any]) -> None:
-    """Lift aiormq's 10-frame bound on a connection's write queue.
-
-    aiormq puts each publish's frames on this queue while holding the channel's lock. Once ten
-    frames wait (any burst of more than ten publishes in one loop turn), the next publisher
-    blocks on the full queue *holding the lock*, and from then on asyncio's lock hands over to
-    one waiter per loop turn: the channel publishes one message per turn and every frame gets a
-    socket write of its own (measured: 2,000 concurrent publishes took 1,917 writes; unbounded,
-    27 writes and two thirds of the time). The bound is no flow control anyway: the writer task
-    never waits for the socket for a ``wait=False`` publish. What bounds memory is the callers'
-    own concurrency (each waits for its confirm) and the writer's ``max_pending`` block.
-    ``asyncio.Queue`` has no public setter for ``maxsize``; ``_maxsize`` is what ``full()``
-    and ``put()`` read (a test checks the effect, so a change in either library shows up).
-    """
-    if isinstance(queue, asyncio.Queue) and hasattr(queue, "_maxsize"):
-        queue._maxsize = 0
-
-
 def amqp_url(settings: BrokerSettings, *, connection_name: str | None = None) -> str:
     """The ``amqps://`` URL for certificate login; it carries no secret."""
     query = {
@@ -90,6 +73,7 @@ async def connect(
     settings: BrokerSettings, *, connection_name: str | None = None
 ) -> AbstractRobustConnection:
     """Open a robust connection, or raise ``TransportError`` with the broker's reason."""
+    check_library_seams()
     ctx = client_ssl_context(settings.ca_file, settings.cert_file, settings.key_file)
     url = amqp_url(settings, connection_name=connection_name)
     connection_class = (

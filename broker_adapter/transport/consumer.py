@@ -1,12 +1,13 @@
-"""Consuming with prefetch and manual acks tied to the handler's outcome.
+"""Consuming with prefetch and manual acks tied to each message's outcome.
 
-- ``Ack``: ack, coalesced with the other acks of the same loop turn (``acks.py``).
+A loop turn's deliveries go to the batch handler together (a lone delivery is a batch of one),
+which answers one outcome per delivery:
+- ``Ack``: ack, coalesced with the other acks of the same loop turn (``acks.py``);
 - ``DeadLetter(code)``: republish the original body to the dead-letter exchange with the reason
   in headers (confirmed), then ack. If that republish fails, ``reject(requeue=False)`` lets the
-  broker dead-letter it by policy (reason ``rejected`` in ``x-death``): never a silent drop.
-- ``Requeue`` or an unexpected exception: nack with requeue after a short backoff. The quorum
-  queue's ``delivery-limit`` policy dead-letters a message that keeps failing, so a poison
-  message cannot loop forever and the worker never crashes on one.
+  broker dead-letter it by policy (reason ``rejected`` in ``x-death``): never a silent drop;
+- ``Requeue``: nack with requeue after a short backoff. The quorum queue's ``delivery-limit``
+  policy dead-letters a message that keeps failing, so a poison message cannot loop forever.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnection
@@ -23,28 +24,21 @@ from aiormq.abc import DeliveredMessage
 from broker_adapter.errors import BrokerAdapterError, BrokerConfigError, TransportError
 from broker_adapter.transport import metrics
 from broker_adapter.transport.acks import AckBatcher
-from broker_adapter.transport.delivery import (
-    Ack,
-    DeadLetter,
-    Delivery,
-    Outcome,
-    Requeue,
-    outcome_for_error,
-)
+from broker_adapter.transport.delivery import Delivery
 from broker_adapter.transport.publisher import OutgoingMessage, Publisher
 from broker_adapter.transport.raw_consume import (
     RawConsumeQueue,
     RawDelivery,
     RawDeliveryCallback,
 )
+from broker_adapter.turns import PerTurn
+from broker_adapter.verdict import Ack, DeadLetter, Outcome, Requeue
 
 log = logging.getLogger("broker_adapter.transport")
 
-Handler = Callable[[Delivery], Awaitable[Outcome]]
 # Many deliveries at once, one outcome for each, in order.
-BatchHandler = Callable[[list[Delivery]], Awaitable[list[Outcome]]]
+BatchHandler = Callable[[Sequence[Delivery]], Awaitable[list[Outcome]]]
 
-DEAD_LETTER_EXCHANGE = "akma.dlx"
 # Header names are part of the operator interface (management UI, alerts): keep them stable.
 H_REASON = "x-akma-reason"
 H_DETAIL = "x-akma-detail"
@@ -54,41 +48,34 @@ H_REJECTED_AT = "x-akma-rejected-at"
 H_ORIGINAL_USER = "x-akma-original-user-id"
 
 _MAX_DETAIL = 200
+# A loop turn's deliveries go to the handler in slices of at most this many, so that one slice
+# can wait for the envelope thread while the loop settles another.
+MAX_BATCH = 64
+# How long ``stop`` waits for the broker to confirm a cancel or a channel close.
+_CLOSE_TIMEOUT_S = 5.0
 
 
 class Consumer:
-    """Consumes one queue with a bounded number of deliveries in flight.
-
-    ``handler`` gets one delivery at a time. A ``BatchHandler`` instead gets the deliveries that
-    arrived in one loop turn (in slices of at most ``max_batch``) and answers one outcome each:
-    per message, that saves the task, the futures and the wake-ups of stepping through the
-    same stages alone (docs/benchmarks.md, item 13). Several slices are in flight at once, so
-    one can wait for the envelope thread while the loop settles another.
-    """
+    """Consumes one queue with a bounded number of deliveries in flight."""
 
     def __init__(
         self,
         connection: AbstractRobustConnection,
         queue_name: str,
-        handler: Handler | None = None,
+        handler: BatchHandler,
         *,
         publisher: Publisher,
+        dead_letter_exchange: str,
         prefetch: int = 64,
         requeue_backoff_s: float = 0.1,
-        batch_handler: BatchHandler | None = None,
-        max_batch: int = 64,
     ) -> None:
-        if (handler is None) == (batch_handler is None):
-            raise BrokerAdapterError("a consumer needs exactly one of handler and batch_handler")
-        if max_batch < 1:
-            raise BrokerAdapterError("max_batch must be positive")
         self._connection = connection
         self._queue_name = queue_name
         self._handler = handler
-        self._batch_handler = batch_handler
-        self._max_batch = max_batch
-        # Deliveries of the current loop turn, waiting for ``_dispatch_turn`` (batch mode).
+        self._dead_letter_exchange = dead_letter_exchange
+        # Deliveries of the current loop turn, waiting for ``_dispatch_turn``.
         self._turn: list[RawDelivery] = []
+        self._dispatch = PerTurn(self._dispatch_turn)
         self._publisher = publisher
         self._prefetch = prefetch
         self._requeue_backoff_s = requeue_backoff_s
@@ -100,8 +87,7 @@ class Consumer:
         self._idle = asyncio.Event()
         self._idle.set()
         self._acks = AckBatcher()
-        # The queue label never changes, so the labelled metric children are looked up once:
-        # ``labels()`` hashes and locks on every call, a measurable share of a fast handler.
+        # Labelled metric children looked up once: ``labels()`` hashes and locks on every call.
         self._m_in_flight = metrics.IN_FLIGHT.labels(queue=queue_name)
         self._m_handler_seconds = metrics.HANDLER_SECONDS.labels(queue=queue_name)
         self._m_acked = metrics.CONSUMED.labels(queue=queue_name, outcome="ack")
@@ -127,89 +113,61 @@ class Consumer:
         log.info("consuming", extra={"queue": self._queue_name})
 
     async def _on_raw(self, message: DeliveredMessage) -> None:
-        await self._on_message(RawDelivery(message))
-
-    async def _on_message(self, message: RawDelivery) -> None:
-        self._acks.delivered(message)
-        if self._batch_handler is not None:
-            # Collected until the loop's next turn: every delivery read from the socket in
-            # this turn is dispatched with the others. Our own tasks handle them, so as in the
-            # single mode a channel's closing does not cancel a handling under way (below).
-            if not self._turn:
-                asyncio.get_running_loop().call_soon(self._dispatch_turn)
-            self._turn.append(message)
-            self._idle.clear()  # ``stop`` must wait for these too
-            return
-        # aiormq runs this callback as a task of the channel and cancels it when the channel
-        # closes (a cut link, a broker restart). Cancelled halfway, a handling would give up a
-        # replay claim whose work was already done (a key derived, an audit line written),
-        # and the broker's redelivery would do it all again. So the handling runs in a task
-        # of its own that the channel's closing does not cancel: it finishes, records the
-        # message as done, and the redelivery is acked as a harmless duplicate (the ack of the
-        # first handling is void with its channel). Only ``stop`` cancels handlings, after its
-        # drain timeout. Found by the link-fault soak scenario (docs/reliability.md).
-        handling = asyncio.get_running_loop().create_task(self._tracked(message))
-        self._in_flight.add(handling)
-        self._idle.clear()
-        handling.add_done_callback(self._handling_done)
-        await asyncio.shield(handling)
+        raw = RawDelivery(message)
+        self._acks.delivered(raw)
+        # Collected until the loop's next turn and handled in tasks of our own: a channel's
+        # closing cancels aiormq's callback task, and a handling cancelled halfway would give
+        # up a replay claim whose work was done, so the redelivery would do it all again.
+        self._turn.append(raw)
+        self._idle.clear()  # ``stop`` must wait for these too
+        self._dispatch.schedule()
 
     def _dispatch_turn(self) -> None:
         turn, self._turn = self._turn, []
         loop = asyncio.get_running_loop()
-        for start in range(0, len(turn), self._max_batch):
-            handling = loop.create_task(self._tracked_batch(turn[start:start + self._max_batch]))
+        for start in range(0, len(turn), MAX_BATCH):
+            handling = loop.create_task(self._tracked(turn[start:start + MAX_BATCH]))
             self._in_flight.add(handling)
-            self._idle.clear()
             handling.add_done_callback(self._handling_done)
+        if not self._in_flight:
+            self._idle.set()
 
     def _handling_done(self, handling: asyncio.Task[None]) -> None:
         self._in_flight.discard(handling)
-        if not self._in_flight:
+        if not self._in_flight and not self._turn:
             self._idle.set()
-        # Nobody may be awaiting it any more (its channel task was cancelled): retrieve the
-        # outcome here so a failure is never left unreported.
         if not handling.cancelled() and handling.exception() is not None:
             log.error("handling failed", exc_info=handling.exception(),
                       extra={"queue": self._queue_name})
 
-    async def _tracked(self, message: RawDelivery) -> None:
-        self._m_in_flight.inc()
-        started = time.perf_counter()
-        try:
-            await self._handle(message)
-        finally:
-            self._m_handler_seconds.observe(time.perf_counter() - started)
-            self._m_in_flight.dec()
-
-    async def _tracked_batch(self, messages: list[RawDelivery]) -> None:
+    async def _tracked(self, messages: list[RawDelivery]) -> None:
         count = len(messages)
         self._m_in_flight.inc(count)
         started = time.perf_counter()
         try:
-            await self._handle_batch(messages)
+            await self._handle(messages)
         finally:
             elapsed = time.perf_counter() - started
             for _ in range(count):
                 self._m_handler_seconds.observe(elapsed)
             self._m_in_flight.dec(count)
 
-    async def _handle_batch(self, messages: list[RawDelivery]) -> None:
-        assert self._batch_handler is not None
+    async def _handle(self, messages: list[RawDelivery]) -> None:
         deliveries = [m.to_delivery(self._queue_name) for m in messages]
         outcomes: list[Outcome]
         try:
-            outcomes = await self._batch_handler(deliveries)
+            outcomes = await self._handler(deliveries)
             if len(outcomes) != len(deliveries):
                 raise BrokerAdapterError(
                     f"batch handler answered {len(outcomes)} of {len(deliveries)} deliveries")
         except asyncio.CancelledError:
+            # Shutdown while handling: give the messages back untouched for another worker.
             for message in messages:
                 self._acks.settle_elsewhere(message)
             await asyncio.gather(*(self._settle_quietly(m, requeue=True) for m in messages))
             raise
         except Exception as exc:
-            # The handler failed as a whole: no verdict on any one message, so all go back.
+            # A bug of the handler as a whole: no verdict on any one message, so all go back.
             log.exception("batch handler failed", extra={"queue": self._queue_name})
             outcomes = [Requeue(f"handler error: {type(exc).__name__}")] * len(deliveries)
         slow = []
@@ -222,23 +180,6 @@ class Consumer:
                 slow.append(self._apply(message, delivery, outcome))
         if slow:
             await asyncio.gather(*slow)
-
-    async def _handle(self, message: RawDelivery) -> None:
-        assert self._handler is not None
-        delivery = message.to_delivery(self._queue_name)
-        try:
-            outcome = await self._handler(delivery)
-        except asyncio.CancelledError:
-            # Shutdown while handling: give the message back untouched for another worker.
-            self._acks.settle_elsewhere(message)
-            await self._settle_quietly(message, requeue=True)
-            raise
-        except Exception as exc:
-            if not isinstance(exc, BrokerAdapterError):
-                log.exception("handler failed", extra={"queue": self._queue_name})
-            # Our coded errors are verdicts on the message, unless transient (outcome_for_error).
-            outcome = outcome_for_error(exc)
-        await self._apply(message, delivery, outcome)
 
     async def _apply(
         self, message: RawDelivery, delivery: Delivery, outcome: Outcome
@@ -286,7 +227,7 @@ class Consumer:
             headers[H_ORIGINAL_USER] = delivery.user_id
         try:
             await self._publisher.publish(
-                DEAD_LETTER_EXCHANGE,
+                self._dead_letter_exchange,
                 self._queue_name,
                 OutgoingMessage(
                     body=delivery.body,
@@ -312,21 +253,25 @@ class Consumer:
             log.debug("nack on a dead channel ignored; the broker redelivers", exc_info=True)
 
     async def stop(self, *, drain_timeout_s: float = 10.0) -> None:
-        """Stop taking deliveries, let in-flight ones finish (bounded), then close the channel."""
+        """Stop taking deliveries, let in-flight ones finish, then close the channel; every
+        step is bounded, whatever state the broker or the link is in."""
         if self._stopping:
             return
         self._stopping = True
         if self._queue is not None and self._consumer_tag is not None:
             try:
-                await self._queue.cancel(self._consumer_tag)
-            except Exception:
-                log.debug("consumer cancel failed on a dead channel", exc_info=True)
+                await asyncio.wait_for(self._queue.cancel(self._consumer_tag), _CLOSE_TIMEOUT_S)
+            except Exception:  # noqa: BLE001 - a dead channel or link: nothing more to cancel
+                log.debug("consumer cancel failed", exc_info=True)
         try:
             await asyncio.wait_for(self._idle.wait(), timeout=drain_timeout_s)
         except TimeoutError:
-            log.warning("drain timed out; cancelling %d handlers", len(self._in_flight))
+            log.warning("drain timed out; cancelling %d handlings", len(self._in_flight))
             for task in list(self._in_flight):
                 task.cancel()
         await self._acks.drain()
         if self._channel is not None and not self._channel.is_closed:
-            await self._channel.close()
+            try:
+                await asyncio.wait_for(self._channel.close(), _CLOSE_TIMEOUT_S)
+            except Exception:  # noqa: BLE001 - the broker will drop it with the connection
+                log.debug("channel close failed", exc_info=True)

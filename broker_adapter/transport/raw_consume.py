@@ -3,8 +3,7 @@
 For every delivery aio-pika builds an ``IncomingMessage`` (about fifteen attributes set through a
 guarded ``__setattr__``, expiration and timestamp decoding) and runs the consumer callback in a
 task of its own, on top of the task aiormq already runs it in. On the Xeon bench machine that was
-39 us for the object and 6-9 us for the task per message (docs/benchmarks.md, item 16), for a
-consumer that reads eight fields and settles by delivery tag. ``RawDelivery`` keeps the aiormq
+tens of microseconds per message (docs/benchmarks.md), for a consumer that reads eight fields and settles by delivery tag. ``RawDelivery`` keeps the aiormq
 delivery as it is and reads those fields from it when asked.
 
 Reconnection stays aio-pika's. ``RawConsumeQueue`` is a ``RobustQueue`` that records the consumer
@@ -28,6 +27,7 @@ from pamqp.common import Arguments
 
 from broker_adapter.errors import TransportError
 from broker_adapter.transport.delivery import Delivery
+from broker_adapter.transport.seams import record_robust_consumer
 
 
 class RawDeliveryCallback:
@@ -122,10 +122,10 @@ class RawConsumeQueue(RobustQueue):
         if robust:
             # The table ``RobustQueue.restore`` re-subscribes from after a reconnect, and the one
             # ``RobustChannel`` looks a broker-sent basic.cancel up in.
-            self._consumers[tag] = {
+            record_robust_consumer(self, tag, {
                 "callback": callback, "no_ack": no_ack, "exclusive": exclusive,
                 "arguments": arguments,
-            }
+            })
         return tag
 
 

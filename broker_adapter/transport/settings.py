@@ -33,7 +33,6 @@ class BrokerSettings(BaseModel):
     connect_timeout_s: float = Field(default=15.0, gt=0)
     # How long the robust connection waits between reconnection attempts.
     reconnect_interval_s: float = Field(default=1.0, gt=0)
-    prefetch: int = Field(default=64, ge=1, le=65535)
     publish_timeout_s: float = Field(default=10.0, gt=0)
     # Join the AMQP frames written in one event-loop turn into one TLS write (see
     # ``transport/coalesce.py``); off gives aiormq's one write per frame.

@@ -1,4 +1,4 @@
-"""Request/response over two named queues, without pickle.
+"""The plain request/response client the benchmarks compare against: no envelope, no replay guard.
 
 The requester publishes to the responder's request exchange and consumes its own inbox queue.
 Responses are matched by correlation id; anything else arriving in the inbox (late answers,
@@ -12,16 +12,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from aio_pika.abc import AbstractRobustConnection
 
 from broker_adapter.errors import RequestTimeoutError
 from broker_adapter.transport.consumer import Consumer
-from broker_adapter.transport.delivery import Ack, Delivery, Outcome
+from broker_adapter.transport.delivery import Delivery
 from broker_adapter.transport.publisher import OutgoingMessage, Publisher
+from broker_adapter.verdict import Ack, Outcome
 
-log = logging.getLogger("broker_adapter.transport")
+log = logging.getLogger("bench.plain_rpc")
 
 UnsolicitedHandler = Callable[[Delivery], Awaitable[Outcome]]
 
@@ -39,17 +40,22 @@ class RpcClient:
         inbox_queue: str,
         *,
         on_unsolicited: UnsolicitedHandler = _ack_unsolicited,
+        dead_letter_exchange: str = "akma.dlx",
         prefetch: int = 128,
     ) -> None:
         self._publisher = publisher
         self._pending: dict[str, asyncio.Future[Delivery]] = {}
         self._on_unsolicited = on_unsolicited
         self._consumer = Consumer(
-            connection, inbox_queue, self._on_inbox, publisher=publisher, prefetch=prefetch
+            connection, inbox_queue, self._on_inbox_batch, publisher=publisher,
+            dead_letter_exchange=dead_letter_exchange, prefetch=prefetch,
         )
 
     async def start(self) -> None:
         await self._consumer.start()
+
+    async def _on_inbox_batch(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
+        return [await self._on_inbox(delivery) for delivery in deliveries]
 
     async def _on_inbox(self, delivery: Delivery) -> Outcome:
         future = (
