@@ -29,6 +29,7 @@ AF = "af1.example.com"
 AF_FQDN = AF
 REQUEST_EXCHANGE = "akma.requests"
 REPLY_EXCHANGE = "akma.replies"
+DEAD_LETTERS = "akma.dlx"
 REQUEST_QUEUE = "network.requests"
 AF_INBOX = f"af.{AF}.inbox"
 VHOST = "akma"

@@ -112,7 +112,9 @@ async def _secured_phase(dep: Deployment, akma: AkmaFixture, cfg: LatencyConfig,
             dep.security_settings(AF, replay_store="sqlite",
                                   replay_sqlite_path=str(dep.work / f"lat-af-{label}.sqlite3")),
         )
-        requester = SecureRequester(party.endpoint, party.connection, AF_INBOX)
+        requester = SecureRequester(
+            party.endpoint, party.connection, AF_INBOX,
+            request_exchange="akma.requests", dead_letter_exchange="akma.dlx")
         # max_cached=0: every call is a network request, as the brief asks (cache disabled).
         client = AkmaKeyClient(requester, af_id=make_af_id(AF, UA_TLS13_SHARED_KEY),
                                clock_ms=system_clock_ms, max_cached=0)

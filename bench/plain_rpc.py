@@ -17,14 +17,30 @@ from collections.abc import Awaitable, Callable, Sequence
 from aio_pika.abc import AbstractRobustConnection
 
 from broker_adapter.errors import RequestTimeoutError
-from broker_adapter.transport.consumer import Consumer
+from broker_adapter.transport.consumer import BatchHandler, Consumer
 from broker_adapter.transport.delivery import Delivery
 from broker_adapter.transport.publisher import OutgoingMessage, Publisher
-from broker_adapter.verdict import Ack, Outcome
+from broker_adapter.verdict import Ack, Outcome, outcome_for
 
 log = logging.getLogger("bench.plain_rpc")
 
 UnsolicitedHandler = Callable[[Delivery], Awaitable[Outcome]]
+
+
+def each(handler: Callable[[Delivery], Awaitable[Outcome]]) -> BatchHandler:
+    """A consumer's batch handler running a plain per-delivery ``handler`` on each delivery;
+    whatever it raises is that delivery's outcome, mapped as the secure receive path maps it."""
+
+    async def batch(deliveries: Sequence[Delivery]) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        for delivery in deliveries:
+            try:
+                outcomes.append(await handler(delivery))
+            except Exception as exc:  # noqa: BLE001 - that delivery's outcome
+                outcomes.append(outcome_for(exc))
+        return outcomes
+
+    return batch
 
 
 async def _ack_unsolicited(delivery: Delivery) -> Outcome:
@@ -47,15 +63,12 @@ class RpcClient:
         self._pending: dict[str, asyncio.Future[Delivery]] = {}
         self._on_unsolicited = on_unsolicited
         self._consumer = Consumer(
-            connection, inbox_queue, self._on_inbox_batch, publisher=publisher,
+            connection, inbox_queue, each(self._on_inbox), publisher=publisher,
             dead_letter_exchange=dead_letter_exchange, prefetch=prefetch,
         )
 
     async def start(self) -> None:
         await self._consumer.start()
-
-    async def _on_inbox_batch(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
-        return [await self._on_inbox(delivery) for delivery in deliveries]
 
     async def _on_inbox(self, delivery: Delivery) -> Outcome:
         future = (

@@ -18,11 +18,9 @@ Modes of the throughput roles:
   shell with its coalesced writes, no security);
 - ``transport_signed``: ``transport`` plus the one signature and verification of
   ``plain_signed``: the per-message-signature floor on our own shell;
-- ``secured``: ``SecureEndpoint.seal`` + ``Publisher`` on one side, a batch ``Consumer`` +
-  ``SecureEndpoint.guarded_batch`` (open, checks 1-7, replay claim and completion, a loop
-  turn's deliveries together) on the other, as the network worker consumes;
-- ``secured_single``: ``secured`` with the consumer taking one delivery at a time
-  (``SecureEndpoint.guarded``).
+- ``secured``: ``SecureEndpoint.seal`` + ``Publisher`` on one side, a ``Consumer`` with the
+  receive path (``pipeline.SecureReceiver``: open, checks 1-7, replay claim and completion, a
+  loop turn's deliveries together) on the other, as the network worker consumes.
 """
 
 from __future__ import annotations
@@ -34,7 +32,7 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,26 +42,26 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from bench.common import (
+    DEAD_LETTERS,
     NETWORK,
     REPLY_EXCHANGE,
     REQUEST_EXCHANGE,
     REQUEST_QUEUE,
     emit,
 )
+from bench.plain_rpc import each
 from broker_adapter.envelope import OpenedMessage
-from broker_adapter.replay import Claim
+from broker_adapter.pipeline import SecureReceiver
 from broker_adapter.runtime import SecuritySettings, open_secure_party, system_clock_ms
 from broker_adapter.transport import (
-    Ack,
     BrokerSettings,
     Consumer,
     Delivery,
-    Outcome,
     OutgoingMessage,
     Publisher,
-    Requeue,
     connect,
 )
+from broker_adapter.verdict import Ack, Outcome
 from broker_adapter.worker import configure_logging, run_worker
 from network_side.aanf import Aanf, AanfConfig
 from network_side.af_registry import AfRegistry
@@ -265,26 +263,20 @@ async def consumer(config: dict[str, Any]) -> None:
                     sys.stderr.write(f"not acked: {outcome!r}\n")
                 return outcome
 
-            async def process(opened: OpenedMessage, claim: Claim) -> Outcome:
-                await endpoint.guard.complete(claim)
-                return Ack()
+            async def accept(opened: OpenedMessage) -> None:
+                return None
 
-            async def handler(delivery: Delivery) -> Outcome:
-                return count(await endpoint.guarded(delivery, process))
+            receiver = SecureReceiver(endpoint, accept)
 
-            async def process_batch(items: list[tuple[OpenedMessage, Claim]]) -> list[Outcome]:
-                done = await endpoint.guard.complete_many([(claim, None) for _, claim in items])
-                return [Requeue(repr(d)) if isinstance(d, Exception) else Ack() for d in done]
+            async def batch_handler(deliveries: Sequence[Delivery]) -> list[Outcome]:
+                return [count(outcome) for outcome in await receiver(deliveries)]
 
-            async def batch_handler(deliveries: list[Delivery]) -> list[Outcome]:
-                outcomes = await endpoint.guarded_batch(deliveries, process_batch)
-                return [count(outcome) for outcome in outcomes]
-
-            if mode == "secured":
-                batch_consumer = Consumer(connection, REQUEST_QUEUE, publisher=publisher,
-                                          prefetch=prefetch, batch_handler=batch_handler)
+            batch_consumer = Consumer(connection, REQUEST_QUEUE, batch_handler,
+                                      publisher=publisher, dead_letter_exchange=DEAD_LETTERS,
+                                      prefetch=prefetch)
         if batch_consumer is None:
-            batch_consumer = Consumer(connection, REQUEST_QUEUE, handler, publisher=publisher,
+            batch_consumer = Consumer(connection, REQUEST_QUEUE, each(handler),
+                                      publisher=publisher, dead_letter_exchange=DEAD_LETTERS,
                                       prefetch=prefetch)
         cons = batch_consumer
         await cons.start()
@@ -326,7 +318,8 @@ async def plain_responder(config: dict[str, Any]) -> None:
         return Ack()
 
     cons = Consumer(
-        connection, REQUEST_QUEUE, handler, publisher=publisher, prefetch=int(config["prefetch"])
+        connection, REQUEST_QUEUE, each(handler), publisher=publisher,
+        dead_letter_exchange=DEAD_LETTERS, prefetch=int(config["prefetch"]),
     )
     await cons.start()
     stop = asyncio.Event()
@@ -405,7 +398,8 @@ async def plain_akma_responder(config: dict[str, Any]) -> None:
         return Ack()
 
     cons = Consumer(
-        connection, REQUEST_QUEUE, handler, publisher=publisher, prefetch=int(config["prefetch"])
+        connection, REQUEST_QUEUE, each(handler), publisher=publisher,
+        dead_letter_exchange=DEAD_LETTERS, prefetch=int(config["prefetch"]),
     )
     await cons.start()
     stop = asyncio.Event()

@@ -24,20 +24,14 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "transport": ("transport", "memory", {}),
     # transport + the same one signature and verification: the floor on our own shell.
     "transport_signed": ("transport_signed", "memory", {}),
-    # The secured variants with the default settings: checks 1-7 of a loop turn's deliveries
-    # on the envelope thread once there are at least ``open_thread_min_batch`` of them.
+    # The secured variants with the default settings: a loop turn's deliveries opened,
+    # verified and claimed on the envelope thread once there are a few of them.
     "secured_sqlite": ("secured", "sqlite", {}),
     "secured_redis": ("secured", "redis", {}),
-    # Claims on the event loop after the envelope thread's opens (claim_in_thread off).
-    "secured_sqlite_claim_on_loop": ("secured", "sqlite", {"claim_in_thread": False}),
-    "secured_redis_claim_on_loop": ("secured", "redis", {"claim_in_thread": False}),
     # One Redis script call per message instead of one per batch (replay_redis_batch_scripts).
     "secured_redis_per_key": ("secured", "redis", {"replay_redis_batch_scripts": False}),
-    # Every envelope opened on the event loop (open_in_thread off).
-    "secured_sqlite_inline": ("secured", "sqlite", {"open_in_thread": False}),
-    # The consumer taking one delivery at a time (``Consumer(handler)`` with ``guarded``)
-    # instead of a loop turn's deliveries as batches (``guarded_batch``, the default).
-    "secured_sqlite_single": ("secured_single", "sqlite", {}),
+    # Everything on the event loop (envelope_thread off), as on a single-core host.
+    "secured_sqlite_no_thread": ("secured", "sqlite", {"envelope_thread": False}),
 }
 # Variants whose processes run on asyncio's own loop instead of the workers' default (uvloop
 # where installed), to show what the loop itself gives.
@@ -49,13 +43,12 @@ ASYNCIO_LOOP_VARIANTS = {"secured_sqlite_asyncio": "secured_sqlite"}
 # from what the security costs.
 DEFAULT_VARIANTS = (
     "plain", "plain_signed", "transport", "transport_signed", "secured_sqlite", "secured_redis",
-    "secured_sqlite_inline", "secured_sqlite_single", "secured_sqlite_asyncio",
-    "secured_sqlite_claim_on_loop", "secured_redis_claim_on_loop", "secured_redis_per_key",
+    "secured_sqlite_no_thread", "secured_sqlite_asyncio", "secured_redis_per_key",
 )
 
 
 # Part 7, draining a backlog: the consumer alone, without a producer competing for the cores.
-DRAIN_VARIANTS = ("plain", "transport", "secured_sqlite", "secured_sqlite_single")
+DRAIN_VARIANTS = ("plain", "transport", "secured_sqlite", "secured_sqlite_no_thread")
 
 
 @dataclass(frozen=True)

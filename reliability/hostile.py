@@ -335,7 +335,9 @@ async def deploy(
     try:
         for name in (*afs, AUSF):
             party = await _open_party(env, name)
-            requester = SecureRequester(party.endpoint, party.connection, f"af.{name}.inbox")
+            requester = SecureRequester(
+                party.endpoint, party.connection, f"af.{name}.inbox",
+                request_exchange="akma.requests", dead_letter_exchange="akma.dlx")
             clients[name] = Client(name, party, requester)
             await requester.start()
             started.append(requester)

@@ -177,7 +177,9 @@ class Demo:
 
         self.step("AUSF registers the subscriber's anchor key at the AAnF (Naanf_AKMA_AnchorKey_Register)")
         ausf = await open_secure_party(self.broker_settings(pki, endpoint, AUSF), self.security(pki, AUSF))
-        requester = SecureRequester(ausf.endpoint, ausf.connection, inbox_queue(AUSF))
+        requester = SecureRequester(
+            ausf.endpoint, ausf.connection, inbox_queue(AUSF),
+            request_exchange="akma.requests", dead_letter_exchange="akma.dlx")
         await requester.start()
         try:
             info: AkmaKeyInfo = ue.anchor_key_info()

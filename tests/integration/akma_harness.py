@@ -105,7 +105,9 @@ async def af(
 @asynccontextmanager
 async def ausf(broker: Any, pki: PkiLayout, workdir: Path) -> AsyncIterator[Ausf]:
     party = await open_party(broker, pki, "ausf", workdir)
-    requester = SecureRequester(party.endpoint, party.connection, inbox_queue("ausf"))
+    requester = SecureRequester(
+        party.endpoint, party.connection, inbox_queue("ausf"),
+        request_exchange="akma.requests", dead_letter_exchange="akma.dlx")
     await requester.start()
     try:
         yield Ausf(requester, pki.network)

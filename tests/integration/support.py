@@ -26,3 +26,6 @@ def party_settings(broker: Any, pki: PkiLayout, name: str, **overrides: Any) -> 
     }
     values.update(overrides)
     return BrokerSettings(**values)
+
+
+DLX = "akma.dlx"

@@ -19,10 +19,11 @@ import pytest
 from as_side.errors import KeyRequestRejectedError
 from as_side.service import inbox_queue
 from broker_adapter.envelope import OpenedMessage
-from broker_adapter.replay import Claim
 from broker_adapter.runtime import SecureParty
+from broker_adapter.pipeline import SecureReceiver
 from broker_adapter.secure import SecureRequester
-from broker_adapter.transport import Ack, Delivery, Outcome
+from broker_adapter.transport import Delivery
+from broker_adapter.verdict import Ack
 from network_side.af_registry import AfRegistry
 from network_side.akma import UA_TLS13_SHARED_KEY, make_af_id
 from network_side.context_store import SqliteContextStore
@@ -176,15 +177,17 @@ async def test_requester_takes_one_answer_per_request_and_drops_repeats(
     async with h.network(broker, pki, tmp_path), h.ausf(broker, pki, tmp_path) as ausf:
         await ausf.register(ue.anchor_key_info())
         party = await h.open_party(broker, pki, AF1, tmp_path)
-        requester = SecureRequester(party.endpoint, party.connection, AF1_INBOX)
+        requester = SecureRequester(
+            party.endpoint, party.connection, AF1_INBOX,
+            request_exchange="akma.requests", dead_letter_exchange="akma.dlx")
         sealed: list[tuple[bytes, bytes]] = []
-        seal = party.endpoint.seal
+        seal = party.endpoint.seal_now
 
         def recording_seal(*args: Any, **kwargs: Any) -> tuple[bytes, bytes]:
             sealed.append(seal(*args, **kwargs))
             return sealed[-1]
 
-        party.endpoint.seal = recording_seal  # type: ignore[method-assign]
+        party.endpoint.seal_now = recording_seal  # type: ignore[method-assign]
         await requester.start()
         unmatched = {"queue": AF1_INBOX}
         try:
@@ -218,13 +221,10 @@ async def _through_guard(party: SecureParty, delivery: Delivery) -> OpenedMessag
     """Run one delivery through the party's open + replay checks; the message if processed."""
     processed: list[OpenedMessage] = []
 
-    async def process(opened: OpenedMessage, claim: Claim) -> Outcome:
+    async def handle(opened: OpenedMessage) -> None:
         processed.append(opened)
-        await party.endpoint.guard.complete(claim)
-        return Ack()
 
-    outcome = await party.endpoint.guarded(delivery, process)
-    assert isinstance(outcome, Ack)
+    assert await SecureReceiver(party.endpoint, handle)([delivery]) == [Ack()]
     return processed[0] if processed else None
 
 

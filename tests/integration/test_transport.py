@@ -6,29 +6,27 @@ from __future__ import annotations
 import asyncio
 import base64
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import aio_pika
 import pytest
 
 from broker_adapter.errors import BrokerConfigError, PublishReturnedError
+from bench.plain_rpc import RpcClient, each
 from broker_adapter.transport import (
-    Ack,
     Consumer,
-    DeadLetter,
     Delivery,
-    Outcome,
     OutgoingMessage,
     Publisher,
-    Requeue,
-    RpcClient,
     connect,
 )
 from broker_adapter.transport.connection import amqp_url
 from broker_adapter.transport.raw_consume import RawConsumeChannel
 from broker_adapter.transport.tls import client_ssl_context
-from tests.integration.support import Management, party_settings
+from broker_adapter.transport.consumer import BatchHandler
+from broker_adapter.verdict import Ack, DeadLetter, Outcome, Requeue
+from tests.integration.support import DLX, Management, party_settings
 
 pytestmark = pytest.mark.broker
 
@@ -56,9 +54,13 @@ class Party:
         self.consumers: list[Consumer] = []
 
     async def consume(
-        self, queue: str, handler: Callable[[Delivery], Awaitable[Outcome]] | None, **kw: Any
+        self, queue: str, handler: Callable[[Delivery], Awaitable[Outcome]], **kw: Any
     ) -> Consumer:
-        consumer = Consumer(self.connection, queue, handler, publisher=self.publisher, **kw)
+        return await self.consume_batches(queue, each(handler), **kw)
+
+    async def consume_batches(self, queue: str, handler: BatchHandler, **kw: Any) -> Consumer:
+        consumer = Consumer(self.connection, queue, handler, publisher=self.publisher,
+                            dead_letter_exchange=DLX, **kw)
         await consumer.start()
         self.consumers.append(consumer)
         return consumer
@@ -290,9 +292,8 @@ async def test_stock_connection_is_available_without_coalescing(broker: Any, pki
         await connection.close()
 
 
-@pytest.mark.parametrize("batched", [False, True], ids=["single", "batch"])
 async def test_a_cut_link_does_not_cancel_a_handling_under_way(
-    broker: Any, pki: Any, clean_queues: None, batched: bool
+    broker: Any, pki: Any, clean_queues: None
 ) -> None:
     # aiormq cancels consumer callbacks when their channel closes. A handling cancelled halfway
     # gives up its replay claim after its work is done, and the redelivery does the work again
@@ -317,16 +318,8 @@ async def test_a_cut_link_does_not_cancel_a_handling_under_way(
             finished.append(True)
         return Ack()
 
-    async def slow_batch(batch: list[Delivery]) -> list[Outcome]:
-        return [await slow(delivery) for delivery in batch]
-
-    consumer = (
-        Consumer(net_conn, "network.requests", publisher=Publisher(net_conn, NET), prefetch=4,
-                 batch_handler=slow_batch)
-        if batched else
-        Consumer(net_conn, "network.requests", slow, publisher=Publisher(net_conn, NET),
-                 prefetch=4)
-    )
+    consumer = Consumer(net_conn, "network.requests", each(slow),
+                        publisher=Publisher(net_conn, NET), dead_letter_exchange=DLX, prefetch=4)
     try:
         await consumer.start()
         await af_pub.publish("akma.requests", "network", _msg(b"under way"))
@@ -351,13 +344,13 @@ async def test_a_cut_link_does_not_cancel_a_handling_under_way(
 async def test_a_batch_handler_settles_each_delivery_by_its_own_outcome(
     parties: dict[str, Party], mgmt: Management
 ) -> None:
-    # Deliveries of one loop turn reach the batch handler together (at most max_batch); each
-    # outcome applies to its own delivery: acked, dead-lettered with its reason, requeued.
+    # Deliveries of one loop turn reach the batch handler together; each outcome applies to
+    # its own delivery: acked, dead-lettered with its reason, requeued.
     batches: list[list[bytes]] = []
     seen: dict[bytes, int] = {}
     all_done = asyncio.Event()
 
-    async def decide(batch: list[Delivery]) -> list[Outcome]:
+    async def decide(batch: Sequence[Delivery]) -> list[Outcome]:
         batches.append([d.body for d in batch])
         outcomes: list[Outcome] = []
         for delivery in batch:
@@ -377,10 +370,8 @@ async def test_a_batch_handler_settles_each_delivery_by_its_own_outcome(
     for message in messages:
         await parties[AF].publisher.publish("akma.requests", "network", message)
     # Published before consuming: the prefetched deliveries arrive in few socket reads.
-    await parties[NET].consume("network.requests", None, batch_handler=decide, max_batch=5,
-                               prefetch=32)
+    await parties[NET].consume_batches("network.requests", decide, prefetch=32)
     await asyncio.wait_for(all_done.wait(), 15)
-    assert max(len(b) for b in batches) <= 5
     assert any(len(b) > 1 for b in batches), batches
     assert seen[b"flaky"] == 2 and all(seen[b] == 1 for b in bodies if b != b"flaky")
     item = await _dead_letters_with(mgmt, messages[10].message_id)
@@ -392,7 +383,7 @@ async def test_a_failing_batch_handler_requeues_its_whole_batch(parties: dict[st
     calls: list[int] = []
     redelivered = asyncio.Event()
 
-    async def broken_once(batch: list[Delivery]) -> list[Outcome]:
+    async def broken_once(batch: Sequence[Delivery]) -> list[Outcome]:
         calls.append(len(batch))
         if len(calls) == 1:
             raise RuntimeError("bug")
@@ -401,26 +392,8 @@ async def test_a_failing_batch_handler_requeues_its_whole_batch(parties: dict[st
         return [Ack() for _ in batch]
 
     await parties[AF].publisher.publish("akma.requests", "network", _msg(b"once"))
-    await parties[NET].consume("network.requests", None, batch_handler=broken_once)
+    await parties[NET].consume_batches("network.requests", broken_once)
     await asyncio.wait_for(redelivered.wait(), 10)
-
-
-def test_a_consumer_takes_exactly_one_kind_of_handler() -> None:
-    from broker_adapter.errors import BrokerAdapterError
-
-    async def one(delivery: Delivery) -> Outcome:
-        return Ack()
-
-    async def many(batch: list[Delivery]) -> list[Outcome]:
-        return [Ack() for _ in batch]
-
-    fake: Any = object()
-    with pytest.raises(BrokerAdapterError):
-        Consumer(fake, "q", one, publisher=fake, batch_handler=many)
-    with pytest.raises(BrokerAdapterError):
-        Consumer(fake, "q", publisher=fake)
-    with pytest.raises(BrokerAdapterError):
-        Consumer(fake, "q", publisher=fake, batch_handler=many, max_batch=0)
 
 
 async def _one_delivery(connection: Any, publisher_party: Party, body: bytes) -> Delivery:
@@ -432,8 +405,9 @@ async def _one_delivery(connection: Any, publisher_party: Party, body: bytes) ->
             got.set_result(delivery)
         return Ack()
 
-    consumer = Consumer(connection, "network.requests", record,
-                        publisher=Publisher(connection, NET, confirm_timeout_s=5))
+    consumer = Consumer(connection, "network.requests", each(record),
+                        publisher=Publisher(connection, NET, confirm_timeout_s=5),
+                        dead_letter_exchange=DLX)
     await consumer.start()
     try:
         await publisher_party.publisher.publish(
@@ -469,8 +443,9 @@ async def test_a_consumer_refuses_a_connection_that_is_not_ours(broker: Any, pki
         amqp_url(settings), ssl_context=client_ssl_context(
             settings.ca_file, settings.cert_file, settings.key_file))
     try:
-        consumer = Consumer(foreign, "network.requests", _ack_all,
-                            publisher=Publisher(foreign, NET, confirm_timeout_s=5))
+        consumer = Consumer(foreign, "network.requests", each(_ack_all),
+                            publisher=Publisher(foreign, NET, confirm_timeout_s=5),
+                            dead_letter_exchange=DLX)
         with pytest.raises(BrokerConfigError, match="broker_adapter.transport.connect"):
             await consumer.start()
     finally:
