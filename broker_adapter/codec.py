@@ -1,11 +1,11 @@
 """``EnvelopeCodec``: the envelope as a small encode/decode codec for the transport.
 
-It only holds what every call would otherwise repeat (our identity, the trust store, the
+It only holds what every call would otherwise repeat (our identity, a trust view, the
 policy, the clock and the randomness) plus the epoch state of the epoch suites: the sending
 side's ``SenderEpochs`` and the receiving side's ``EpochKeyCache`` (created here unless
 injected, e.g. to share them between codecs or to set limits). It delegates to
 ``broker_adapter.envelope`` and stays pure: the clock and the random source are injected, the
-trust store is consulted in memory.
+trust view (``broker_adapter.trust_view``; ``TrustStore`` is one) is consulted in memory.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from broker_adapter.envelope_errors import UnsupportedSuiteError
 from broker_adapter.epoch import EpochKeyCache, EpochLimits, SenderEpochs
 from broker_adapter.identity import LocalIdentity
 from broker_adapter.suites import DEFAULT_SUITE_NAME, get_suite
-from broker_adapter.trust import TrustStore
+from broker_adapter.trust_view import TrustView
 
 
 class EnvelopeCodec:
@@ -33,7 +33,7 @@ class EnvelopeCodec:
         self,
         *,
         identity: LocalIdentity,
-        trust: TrustStore,
+        trust: TrustView,
         policy: EnvelopePolicy,
         clock: Callable[[], int],
         rng: Callable[[int], bytes],

@@ -30,15 +30,20 @@ KID_LEN = 32
 
 # A party name is a broker user, a certificate dNSName and a routing key, so it is restricted to
 # lower-case DNS-style names: one spelling per identity, nothing that needs escaping.
-_IDENTITY_RE = re.compile(
-    r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$"
-)
+# Matched with fullmatch and no "$": in Python "$" also matches before a trailing newline.
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_IDENTITY_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+MAX_IDENTITY_LEN = 253
 
 _PEM_BLOCK_RE = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL)
 
 
 def is_identity_name(name: str) -> bool:
-    return bool(_IDENTITY_RE.match(name))
+    return (
+        isinstance(name, str)
+        and len(name) <= MAX_IDENTITY_LEN
+        and _IDENTITY_RE.fullmatch(name) is not None
+    )
 
 
 def kid_of(cert: x509.Certificate) -> bytes:

@@ -48,6 +48,10 @@ KemPublicKey: TypeAlias = x25519.X25519PublicKey | hpke.MLKEM768X25519PublicKey
 # check the field length exactly and no DER variant of the same signature exists.
 SIGNATURE_LEN = 64
 _P256_SCALAR_LEN = 32
+# Order of the P-256 group (SEC 2). (r, s) and (r, n - s) verify alike, so only the low half is
+# produced and accepted: one signature, one encoding.
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+P256_HALF_ORDER = P256_ORDER // 2
 
 
 _ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
@@ -144,6 +148,8 @@ class Suite:
         assert isinstance(key, ec.EllipticCurvePrivateKey)
         der = key.sign(data, _ECDSA_SHA256_DETERMINISTIC)
         r, s = decode_dss_signature(der)
+        if s > P256_HALF_ORDER:
+            s = P256_ORDER - s
         return r.to_bytes(_P256_SCALAR_LEN, "big") + s.to_bytes(_P256_SCALAR_LEN, "big")
 
     def verify(self, key: SigningPublicKey, signature: bytes, data: bytes) -> None:
@@ -159,6 +165,8 @@ class Suite:
                 assert isinstance(key, ec.EllipticCurvePublicKey)
                 r = int.from_bytes(signature[:_P256_SCALAR_LEN], "big")
                 s = int.from_bytes(signature[_P256_SCALAR_LEN:], "big")
+                if s > P256_HALF_ORDER:
+                    raise BadSignatureError("ECDSA signature is not in low-s form")
                 key.verify(encode_dss_signature(r, s), data, _ECDSA_SHA256)
         except InvalidSignature:
             raise BadSignatureError("signature does not verify") from None

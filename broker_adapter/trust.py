@@ -13,22 +13,20 @@ cached per key id until the earliest of the certificate's and CA's notAfter and 
 nextUpdate, because receiver-side verification is the per-core ceiling and a chain check per
 message would cost more than the signature itself.
 
-Only ``TrustStore.from_paths``/``from_directory`` and ``reload`` read files.
+Only ``TrustStore.from_paths``/``from_directory`` and ``reload`` read files (through
+``broker_adapter.trust_material``, which also parses every certificate whole at load).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hpke
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mlkem, x25519
 from cryptography.x509 import verification
-from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from broker_adapter.envelope import VerifiedSigner
 from broker_adapter.envelope_errors import (
@@ -38,117 +36,32 @@ from broker_adapter.envelope_errors import (
     TrustStoreError,
     UntrustedSignerError,
 )
-from broker_adapter.identity import RecipientKey, is_identity_name, kid_of
-from broker_adapter.suites import KemAlgorithm, KemPublicKey, SigningPublicKey, Suite
-
-# Must equal ``infra.pki.MLKEM_EXTENSION_OID`` (a documentation-arc placeholder, RFC 5612). It
-# is repeated rather than imported because the library must not depend on the PKI tooling; a
-# deployment with its own OID passes it to the store.
-DEFAULT_MLKEM_EXTENSION_OID = x509.ObjectIdentifier("1.3.6.1.4.1.32473.1.1")
-MLKEM768_PUBLIC_KEY_LEN = 1184
-
-_TLS_USAGES = {ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH}
+from broker_adapter.identity import RecipientKey
+from broker_adapter.suites import Suite
+from broker_adapter.trust_entries import (
+    EncryptionCert,
+    PeerCert,
+    SigningCert,
+    classify,
+    index_crls,
+)
+from broker_adapter.trust_material import (
+    DEFAULT_MLKEM_EXTENSION_OID,
+    MLKEM768_PUBLIC_KEY_LEN,
+    PARSE_ERRORS,
+    TrustMaterial,
+    check_certificate,
+    check_crl,
+    load_directory,
+    load_material,
+)
 
 
 def _ms_to_datetime(now_ms: int) -> datetime:
     return datetime.fromtimestamp(now_ms / 1000, tz=UTC)
 
 
-def _datetime_to_ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
-
-
-# ---- input material ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TrustMaterial:
-    """Parsed trust inputs; building a snapshot from it does no I/O."""
-
-    anchors: tuple[x509.Certificate, ...]
-    crls: tuple[x509.CertificateRevocationList, ...] = ()
-    certificates: tuple[x509.Certificate, ...] = ()
-    intermediates: tuple[x509.Certificate, ...] = ()
-
-
-def _read(path: Path) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise TrustStoreError(f"cannot read {path}: {exc}") from exc
-
-
-def _load_certs(path: Path) -> list[x509.Certificate]:
-    try:
-        return x509.load_pem_x509_certificates(_read(path))
-    except ValueError as exc:
-        raise TrustStoreError(f"cannot parse certificate(s) in {path}: {exc}") from exc
-
-
-def _load_crl(path: Path) -> x509.CertificateRevocationList:
-    try:
-        return x509.load_pem_x509_crl(_read(path))
-    except ValueError as exc:
-        raise TrustStoreError(f"cannot parse CRL {path}: {exc}") from exc
-
-
-def load_material(
-    *,
-    cas: Sequence[Path],
-    crls: Sequence[Path] = (),
-    certificates: Sequence[Path] = (),
-    intermediates: Sequence[Path] = (),
-) -> TrustMaterial:
-    """Read PEM files (a file may hold several certificates)."""
-    return TrustMaterial(
-        anchors=tuple(c for p in cas for c in _load_certs(p)),
-        crls=tuple(_load_crl(p) for p in crls),
-        certificates=tuple(c for p in certificates for c in _load_certs(p)),
-        intermediates=tuple(c for p in intermediates for c in _load_certs(p)),
-    )
-
-
-def load_directory(directory: Path) -> TrustMaterial:
-    """Read the PKI layout of docs/architecture.md.
-
-    ``ca/*.crt`` are anchors, ``ca/*.pem`` CRLs, ``parties/*/sign*.crt`` and
-    ``parties/*/enc*.crt`` peer certificates (extra files such as ``sign-next.crt`` let keys
-    rotate with overlap). TLS certificates are deliberately not read: they are not message keys.
-    """
-    root = Path(directory)
-    cas = sorted((root / "ca").glob("*.crt"))
-    if not cas:
-        raise TrustStoreError(f"no CA certificate under {root / 'ca'}")
-    parties = root / "parties"
-    certs = sorted(parties.glob("*/sign*.crt")) + sorted(parties.glob("*/enc*.crt"))
-    return load_material(cas=cas, crls=sorted((root / "ca").glob("*.pem")), certificates=certs)
-
-
 # ---- the snapshot -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _PeerCert:
-    kid: bytes
-    cert: x509.Certificate
-    identity: str
-    issuer: x509.Certificate
-    issuer_key: bytes  # DER of the issuer's name: the CRL index key, computed once
-    valid_from_ms: int  # intersection of the validity periods of the leaf and its CA
-    valid_until_ms: int
-
-
-@dataclass(frozen=True)
-class _SigningCert:
-    peer: _PeerCert
-    public_key: SigningPublicKey
-
-
-@dataclass(frozen=True)
-class _EncryptionCert:
-    peer: _PeerCert
-    kem: KemAlgorithm
-    public_key: KemPublicKey
 
 
 @dataclass(frozen=True)
@@ -158,55 +71,6 @@ class _CachedVerdict:
     error: type[UntrustedSignerError] | None
     detail: str
     valid_until_ms: int
-
-
-@dataclass(frozen=True)
-class _Revocation:
-    serials: frozenset[int]
-    last_update_ms: int
-    next_update_ms: int
-
-
-def _single_dns_identity(cert: x509.Certificate) -> str | None:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return None
-    names = san.get_values_for_type(x509.DNSName)
-    if len(names) != 1 or not is_identity_name(names[0]):
-        return None
-    return names[0]
-
-
-def _key_usage(cert: x509.Certificate) -> x509.KeyUsage | None:
-    try:
-        return cert.extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
-        return None
-
-
-def _is_tls_cert(cert: x509.Certificate) -> bool:
-    try:
-        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
-        return False
-    return any(usage in _TLS_USAGES for usage in eku)
-
-
-def _mlkem_public_key(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> bytes | None:
-    """The ML-KEM-768 key carried as a DER OCTET STRING in the CA-signed private extension."""
-    try:
-        ext = cert.extensions.get_extension_for_oid(oid).value
-    except x509.ExtensionNotFound:
-        return None
-    if not isinstance(ext, x509.UnrecognizedExtension):
-        return None
-    der = ext.value
-    # The only valid shape: OCTET STRING, long-form length on two bytes, 1184 bytes of key.
-    header = bytes([0x04, 0x82]) + MLKEM768_PUBLIC_KEY_LEN.to_bytes(2, "big")
-    if der[:4] != header or len(der) != 4 + MLKEM768_PUBLIC_KEY_LEN:
-        raise TrustStoreError("malformed ML-KEM-768 extension")
-    return der[4:]
 
 
 class TrustSnapshot:
@@ -221,18 +85,29 @@ class TrustSnapshot:
     ) -> None:
         if not material.anchors:
             raise TrustStoreError("no trust anchor")
+        # In-memory material has not been through the loader's checks, so check it here too.
+        for cert in (*material.anchors, *material.intermediates, *material.certificates):
+            check_certificate(cert, material.describe(cert))
+        for crl in material.crls:
+            check_crl(crl, material.describe(crl))
         self.require_crl = require_crl
-        self._store = verification.Store(list(material.anchors))
+        try:
+            self._store = verification.Store(list(material.anchors))
+        except PARSE_ERRORS as exc:
+            raise TrustStoreError(f"unusable trust anchor: {type(exc).__name__}") from exc
         self._intermediates = list(material.intermediates)
         issuers = [*material.anchors, *material.intermediates]
-        self._revocations = self._index_crls(material.crls, issuers)
-        signing: dict[bytes, _SigningCert] = {}
-        encryption: dict[str, list[_EncryptionCert]] = {}
+        self._revocations = index_crls(material, issuers)
+        signing: dict[bytes, SigningCert] = {}
+        encryption: dict[str, list[EncryptionCert]] = {}
         for cert in material.certificates:
-            entry = self._classify(cert, issuers, mlkem_oid)
-            if isinstance(entry, _SigningCert):
+            try:
+                entry = classify(cert, issuers, mlkem_oid)
+            except TrustStoreError as exc:
+                raise TrustStoreError(f"{material.describe(cert)}: {exc}") from exc
+            if isinstance(entry, SigningCert):
                 signing[entry.peer.kid] = entry
-            elif isinstance(entry, _EncryptionCert):
+            elif isinstance(entry, EncryptionCert):
                 encryption.setdefault(entry.peer.identity, []).append(entry)
         self._signing = signing
         # Newest first, so the first valid one is the one to encrypt to.
@@ -243,89 +118,9 @@ class TrustSnapshot:
         self._verdicts: dict[bytes, _CachedVerdict] = {}
         self._lock = threading.Lock()
 
-    # ---- building ---------------------------------------------------------------------------
-
-    @staticmethod
-    def _index_crls(
-        crls: Iterable[x509.CertificateRevocationList], issuers: Sequence[x509.Certificate]
-    ) -> dict[bytes, _Revocation]:
-        """Index CRLs by issuer DER name; a CRL whose signature fails is a load error."""
-        out: dict[bytes, _Revocation] = {}
-        for crl in crls:
-            issuer = next((c for c in issuers if c.subject == crl.issuer), None)
-            if issuer is None:
-                raise TrustStoreError(f"CRL from unknown issuer {crl.issuer.rfc4514_string()}")
-            public_key = issuer.public_key()
-            if not isinstance(public_key, (ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey)):
-                raise TrustStoreError("unsupported CA key type for CRL verification")
-            if not crl.is_signature_valid(public_key):
-                raise TrustStoreError("CRL signature does not verify against its CA")
-            if crl.next_update_utc is None:
-                raise TrustStoreError("CRL has no nextUpdate")
-            revocation = _Revocation(
-                frozenset(r.serial_number for r in crl),
-                _datetime_to_ms(crl.last_update_utc),
-                _datetime_to_ms(crl.next_update_utc),
-            )
-            key = issuer.subject.public_bytes()
-            # With several CRLs for one issuer, the most recent one wins.
-            if key not in out or out[key].last_update_ms < revocation.last_update_ms:
-                out[key] = revocation
-        return out
-
-    @staticmethod
-    def _classify(
-        cert: x509.Certificate,
-        issuers: Sequence[x509.Certificate],
-        mlkem_oid: x509.ObjectIdentifier,
-    ) -> _SigningCert | _EncryptionCert | None:
-        """Sort a peer certificate into signing or encryption; ignore anything else."""
-        identity = _single_dns_identity(cert)
-        usage = _key_usage(cert)
-        issuer = next((c for c in issuers if c.subject == cert.issuer), None)
-        if identity is None or usage is None or issuer is None:
-            # Left out of the index: a lookup by its kid then reports an unknown signer.
-            return None
-        common = _PeerCert(
-            kid=kid_of(cert),
-            cert=cert,
-            identity=identity,
-            issuer=issuer,
-            issuer_key=issuer.subject.public_bytes(),
-            valid_from_ms=_datetime_to_ms(
-                max(cert.not_valid_before_utc, issuer.not_valid_before_utc)
-            ),
-            valid_until_ms=_datetime_to_ms(
-                min(cert.not_valid_after_utc, issuer.not_valid_after_utc)
-            ),
-        )
-        public_key = cert.public_key()
-        signing_key_type = isinstance(public_key, ed25519.Ed25519PublicKey) or (
-            isinstance(public_key, ec.EllipticCurvePublicKey)
-            and isinstance(public_key.curve, ec.SECP256R1)
-        )
-        # A TLS certificate must not double as a message-signing key, even with the right usage.
-        if usage.digital_signature and signing_key_type and not _is_tls_cert(cert):
-            assert isinstance(public_key, (ed25519.Ed25519PublicKey, ec.EllipticCurvePublicKey))
-            return _SigningCert(common, public_key)
-        if usage.key_agreement and isinstance(public_key, x25519.X25519PublicKey):
-            raw = _mlkem_public_key(cert, mlkem_oid)
-            if raw is None:
-                return _EncryptionCert(common, KemAlgorithm.X25519, public_key)
-            try:
-                mlkem_pub = mlkem.MLKEM768PublicKey.from_public_bytes(raw)
-            except ValueError as exc:
-                raise TrustStoreError(f"bad ML-KEM-768 public key: {exc}") from exc
-            return _EncryptionCert(
-                common,
-                KemAlgorithm.MLKEM768_X25519,
-                hpke.MLKEM768X25519PublicKey(mlkem_pub, public_key),
-            )
-        return None
-
     # ---- verification -----------------------------------------------------------------------
 
-    def _check(self, entry: _PeerCert, now_ms: int, *, signing: bool) -> None:
+    def _check(self, entry: PeerCert, now_ms: int, *, signing: bool) -> None:
         """Raise unless ``entry`` is trusted at ``now_ms``; cheap checks first, chain cached."""
         if now_ms > entry.valid_until_ms:
             raise ExpiredSignerError("certificate or its CA has expired")
@@ -356,8 +151,13 @@ class TrustSnapshot:
             # A fresh instance per raise, so a cached error never accumulates tracebacks.
             raise cached.error(cached.detail)
 
-    def _verify_chain(self, entry: _PeerCert, now_ms: int, *, signing: bool) -> str | None:
+    def _verify_chain(self, entry: PeerCert, now_ms: int, *, signing: bool) -> str | None:
         """Return why the chain fails, or None when it verifies."""
+        try:
+            # The verifier tolerates some malformed extensions (an unparsable AKI); we do not.
+            check_certificate(entry.cert, "the signer's chain")
+        except TrustStoreError as exc:
+            return str(exc)
 
         def key_usage_fits(
             _policy: verification.Policy, _cert: x509.Certificate, ku: x509.KeyUsage | None
@@ -381,6 +181,9 @@ class TrustSnapshot:
             verified = verifier.verify(entry.cert, self._intermediates)
         except verification.VerificationError as exc:
             return f"chain does not verify: {str(exc)[:200]}"
+        except PARSE_ERRORS as exc:
+            # A malformed extension anywhere in the chain is an untrusted signer, not a crash.
+            return f"chain cannot be parsed: {type(exc).__name__}"
         if x509.DNSName(entry.identity) not in (verified.subjects or []):
             return "verified subjects do not name the identity"
         return None
@@ -426,15 +229,22 @@ class TrustStore:
         self._loader = loader
         self._require_crl = require_crl
         self._mlkem_oid = mlkem_oid
-        if material is not None:
-            self._snapshot = self._build(material)
-        elif loader is not None:
-            self._snapshot = self._build(loader())
-        else:
+        if material is None and loader is None:
             raise TrustStoreError("a trust store needs material or a loader")
+        self._snapshot = self._build(material)
 
-    def _build(self, material: TrustMaterial) -> TrustSnapshot:
-        return TrustSnapshot(material, require_crl=self._require_crl, mlkem_oid=self._mlkem_oid)
+    def _build(self, material: TrustMaterial | None) -> TrustSnapshot:
+        """A snapshot of ``material``, else of what the loader reads; errors are TrustStoreError."""
+        try:
+            if material is None:
+                assert self._loader is not None
+                material = self._loader()
+            return TrustSnapshot(material, require_crl=self._require_crl, mlkem_oid=self._mlkem_oid)
+        except PARSE_ERRORS as exc:
+            # Whatever cryptography raises while loading or classifying is a load error.
+            raise TrustStoreError(
+                f"trust material unusable: {type(exc).__name__}: {str(exc)[:160]}"
+            ) from exc
 
     @classmethod
     def from_material(cls, material: TrustMaterial, *, require_crl: bool = True) -> TrustStore:
@@ -473,7 +283,7 @@ class TrustStore:
         """Re-read the source and swap in a new snapshot; on error keep the current one."""
         if self._loader is None:
             return
-        fresh = self._build(self._loader())
+        fresh = self._build(None)
         # One reference assignment: concurrent readers see the old or the new snapshot whole.
         self._snapshot = fresh
 
@@ -482,3 +292,14 @@ class TrustStore:
 
     def encryption_key_for(self, identity: str, suite: Suite, now_ms: int) -> RecipientKey:
         return self._snapshot.encryption_key_for(identity, suite, now_ms)
+
+
+__all__ = [
+    "DEFAULT_MLKEM_EXTENSION_OID",
+    "MLKEM768_PUBLIC_KEY_LEN",
+    "TrustMaterial",
+    "TrustSnapshot",
+    "TrustStore",
+    "load_directory",
+    "load_material",
+]

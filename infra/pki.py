@@ -66,9 +66,10 @@ BROKER_SERVER_IPS = ("127.0.0.1",)
 
 # A party name becomes a directory name, a broker user and a dNSName, so only DNS-like names
 # are accepted; this also rules out path traversal through "..", "/" and the like.
-_IDENTITY_RE = re.compile(
-    r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$"
-)
+# Matched with fullmatch and no "$": in Python "$" also matches before a trailing newline.
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_IDENTITY_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+_MAX_IDENTITY_LEN = 253
 
 _PEM_BLOCK_RE = re.compile(
     rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----\r?\n?", re.DOTALL
@@ -81,7 +82,11 @@ _RENEW_MARGIN = timedelta(days=30)
 
 def validate_identity(identity: str) -> str:
     """Return ``identity`` if it is a lower-case DNS-style name, else raise."""
-    if not _IDENTITY_RE.match(identity):
+    if (
+        not isinstance(identity, str)
+        or len(identity) > _MAX_IDENTITY_LEN
+        or _IDENTITY_RE.fullmatch(identity) is None
+    ):
         raise InvalidIdentityError(f"not a DNS-style party name: {identity!r}")
     return identity
 

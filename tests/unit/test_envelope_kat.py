@@ -30,6 +30,7 @@ KAT: dict[str, Any] = json.loads(
     (Path(__file__).parents[1] / "vectors" / "envelope-kat.json").read_text()
 )
 CASES = {case["suite"]: case for case in KAT["cases"]}
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 
 def test_every_suite_has_a_vector() -> None:
@@ -152,6 +153,8 @@ def test_signature_checked_independently(suite: str) -> None:
         public_key.verify(signature, tbs)
     else:
         assert isinstance(public_key, ec.EllipticCurvePublicKey)
+        # Low-s: the envelope refuses the (r, n - s) twin of a signature.
+        assert int.from_bytes(signature[32:], "big") <= P256_ORDER // 2
         der = encode_dss_signature(
             int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
         )

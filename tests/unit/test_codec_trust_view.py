@@ -1,0 +1,96 @@
+"""EnvelopeCodec over a tiny in-memory trust view: the pure core needs no file-reading store."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import hpke
+
+from broker_adapter import envelope_errors as errors
+from broker_adapter.codec import EnvelopeCodec
+from broker_adapter.envelope import VerifiedSigner
+from broker_adapter.identity import RecipientKey, kid_of
+from broker_adapter.suites import DEFAULT_SUITE_NAME, KemAlgorithm, Suite
+from broker_adapter.trust_view import TrustView
+from tests.unit.envelope_helpers import POLICY, Party, TestPki, counter_rng, fixed_clock
+
+
+class InMemoryTrust:
+    """Signers by key id and recipients by name and KEM; no files, no chains, no clock."""
+
+    def __init__(self, parties: list[Party]) -> None:
+        self.signers = {
+            kid_of(p.sign_cert): VerifiedSigner(p.name, p.sign_key.public_key()) for p in parties
+        }
+        self.recipients: dict[tuple[str, KemAlgorithm], RecipientKey] = {}
+        for party in parties:
+            for cert, key in party.enc_keys:
+                hybrid = isinstance(key, hpke.MLKEM768X25519PrivateKey)
+                kem = KemAlgorithm.MLKEM768_X25519 if hybrid else KemAlgorithm.X25519
+                self.recipients[(party.name, kem)] = RecipientKey(
+                    party.name, kid_of(cert), key.public_key()
+                )
+
+    def signing_cert(self, kid: bytes, now_ms: int) -> VerifiedSigner:
+        try:
+            return self.signers[kid]
+        except KeyError:
+            raise errors.UntrustedSignerError("unknown signer key id") from None
+
+    def encryption_key_for(self, identity: str, suite: Suite, now_ms: int) -> RecipientKey:
+        try:
+            return self.recipients[(identity, suite.kem)]
+        except KeyError:
+            raise errors.NoRecipientKeyError(f"no key for {identity!r}") from None
+
+
+def _codec(party: Party, trust: TrustView, start: int) -> EnvelopeCodec:
+    return EnvelopeCodec(
+        identity=party.identity,
+        trust=trust,
+        policy=POLICY,
+        clock=fixed_clock(),
+        rng=counter_rng(start),
+        suite=DEFAULT_SUITE_NAME,
+    )
+
+
+def test_codec_round_trip_over_an_in_memory_view() -> None:
+    ca = TestPki()
+    network, af = ca.party("network"), ca.party("af1.example.com")
+    view = InMemoryTrust([network, af])
+    af_codec, net_codec = _codec(af, view, 1), _codec(network, view, 1000)
+    request = af_codec.encode(recipient="network", msg_type="akma.test", body=b"q")
+    got = net_codec.decode(request.data, broker_user_id="af1.example.com")
+    assert (got.sender, got.body) == ("af1.example.com", b"q")
+    reply = net_codec.encode(
+        recipient="af1.example.com", msg_type="akma.test", body=b"a", correlation_id=got.msg_id
+    )
+    answer = af_codec.decode(reply.data, expected_correlation_id=request.msg_id)
+    assert (answer.sender, answer.body) == ("network", b"a")
+
+
+def test_the_view_decides_whom_to_trust() -> None:
+    ca = TestPki()
+    network, af = ca.party("network"), ca.party("af1.example.com")
+    sealed = _codec(af, InMemoryTrust([network, af]), 1).encode(
+        recipient="network", msg_type="akma.test", body=b"q"
+    )
+    # A receiver whose view does not know the sender refuses the message.
+    with pytest.raises(errors.UntrustedSignerError):
+        _codec(network, InMemoryTrust([network]), 1000).decode(sealed.data)
+    with pytest.raises(errors.NoRecipientKeyError):
+        _codec(af, InMemoryTrust([af]), 1).encode(recipient="network", msg_type="t", body=b"")
+
+
+def test_codec_and_envelope_do_not_import_the_file_reading_store() -> None:
+    code = (
+        "import sys, broker_adapter.codec, broker_adapter.envelope, broker_adapter.trust_view; "
+        "sys.exit('broker_adapter.trust' in sys.modules)"
+    )
+    root = Path(__file__).parents[2]
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, check=False)
+    assert result.returncode == 0
