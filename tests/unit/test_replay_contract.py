@@ -173,19 +173,6 @@ class StoreContract:
                              for c, r in zip(claims, fresh, strict=True)])
         assert [a.cached_response for a in again if isinstance(a, Claim)] == answers
 
-    def test_empty_batches_are_answered_without_the_store(self, clock: FakeClock) -> None:
-        guard = make_guard(_NoStore(), clock)
-        assert guard.claim([]) == []
-        assert guard.complete([]) == []
-        assert guard.release([]) == []
-
-    def test_a_batch_of_only_refused_requests_does_not_call_the_store(
-        self, clock: FakeClock
-    ) -> None:
-        guard = make_guard(_NoStore(), clock)
-        [stale] = guard.claim([ClaimRequest("af1", new_id(), digest(), clock.now - LIFETIME_MS - 1)])
-        assert isinstance(stale, StaleMessageError)
-
     def test_same_id_other_bytes_is_a_conflict(self, guard: ReplayGuard, clock: FakeClock) -> None:
         msg_id, dig = new_id(), digest()
         claim = claim_one(guard, msg_id, dig, clock.now)
@@ -344,22 +331,6 @@ def _decide(store: ReplayStore, key: bytes, entry: Entry, now_ms: int) -> Decisi
     [decision] = store.claim_many([(key, entry)], now_ms)
     assert isinstance(decision, Decision)
     return decision
-
-
-class _NoStore:
-    """A store that must not be called."""
-
-    def claim_many(self, items: Sequence[tuple[bytes, Entry]], now_ms: int) -> list[Decision]:
-        raise AssertionError("store called")
-
-    def complete_many(self, items: Sequence[object], now_ms: int) -> list[bool]:
-        raise AssertionError("store called")
-
-    def release_many(self, items: Sequence[object], now_ms: int) -> list[bool]:
-        raise AssertionError("store called")
-
-    def close(self) -> None:
-        pass
 
 
 class _Serialized:
