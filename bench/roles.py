@@ -266,14 +266,14 @@ async def consumer(config: dict[str, Any]) -> None:
                 return outcome
 
             async def process(opened: OpenedMessage, claim: Claim) -> Outcome:
-                await endpoint.guard.complete(claim)
+                endpoint.guard.complete([(claim, None)])
                 return Ack()
 
             async def handler(delivery: Delivery) -> Outcome:
                 return count(await endpoint.guarded(delivery, process))
 
             async def process_batch(items: list[tuple[OpenedMessage, Claim]]) -> list[Outcome]:
-                done = await endpoint.guard.complete_many([(claim, None) for _, claim in items])
+                done = endpoint.guard.complete([(claim, None) for _, claim in items])
                 return [Requeue(repr(d)) if isinstance(d, Exception) else Ack() for d in done]
 
             async def batch_handler(deliveries: list[Delivery]) -> list[Outcome]:

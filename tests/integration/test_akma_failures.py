@@ -220,7 +220,7 @@ async def _through_guard(party: SecureParty, delivery: Delivery) -> OpenedMessag
 
     async def process(opened: OpenedMessage, claim: Claim) -> Outcome:
         processed.append(opened)
-        await party.endpoint.guard.complete(claim)
+        party.endpoint.guard.complete([(claim, None)])
         return Ack()
 
     outcome = await party.endpoint.guarded(delivery, process)
