@@ -207,9 +207,10 @@ class ReplayStore(Protocol):
     one pipeline or script call) that is atomic per item with respect to other guards.
 
     Answers come in the items' order. An item that fails alone gets its exception in its place;
-    a failure of the whole round raises ``ReplayStoreError`` (then nothing of the call happened,
-    or, for a store that cannot tell, the caller must assume nothing did). The caller never
-    overlaps two calls into one store, so a store needs no locking of its own.
+    a failure of the whole round raises ``ReplayStoreError`` and the caller treats every item as
+    not done (a Redis round that timed out may still have claimed some keys: their redeliveries
+    wait for the lease, then reclaim). The caller never overlaps two calls into one store, so a
+    store needs no locking of its own.
     """
 
     def claim_many(
@@ -320,8 +321,8 @@ class ReplayGuard:
         ``FromFutureError`` if the timestamp is outside what the guard can remember (the
         envelope check should already have refused it), ``ValueError`` for a malformed request,
         or ``ReplayStoreError`` from a store that fails a single item (the memory store when
-        full). Raises ``ReplayStoreError`` if the store round as a whole failed (nothing was
-        claimed).
+        full). Raises ``ReplayStoreError`` if the store round as a whole failed: treat every
+        message as not claimed.
         """
         if not requests:
             return []
