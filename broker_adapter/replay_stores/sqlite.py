@@ -134,6 +134,8 @@ class SqliteReplayStore:
     def claim_many(
         self, items: Sequence[tuple[bytes, Entry]], now_ms: int
     ) -> list[Decision | Exception]:
+        if not items:
+            return []
         purge_limit = self._purge_due(len(items))
 
         def body(conn: sqlite3.Connection) -> list[Decision | Exception]:
@@ -147,12 +149,16 @@ class SqliteReplayStore:
     def complete_many(
         self, items: Sequence[tuple[bytes, bytes, bytes | None]], now_ms: int
     ) -> list[bool | Exception]:
+        if not items:
+            return []
         return self._transaction(lambda conn: _each(
             items, lambda item: _changed(conn, _COMPLETE, (item[2], item[0], item[1], now_ms))))
 
     def release_many(
         self, items: Sequence[tuple[bytes, bytes]], now_ms: int
     ) -> list[bool | Exception]:
+        if not items:
+            return []
         return self._transaction(lambda conn: _each(
             items, lambda item: _changed(conn, _RELEASE, (item[0], item[1], now_ms))))
 
