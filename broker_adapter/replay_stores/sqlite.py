@@ -89,6 +89,7 @@ class SqliteReplayStore:
         path: str | Path,
         *,
         synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+        # Another process's write lock stalls a call, maybe on the event loop, at most ~2 s.
         busy_timeout_ms: int = 2_000,
         purge_every: int = 128,
         purge_batch: int = 512,
