@@ -14,6 +14,13 @@ The stores in ``broker_adapter.replay_stores`` make a claim atomic and apply exa
 decision (the SQLite and memory stores call ``decide``; the Redis store mirrors it in Lua). The
 ownership rule of completing and releasing is ``completed_entry`` / ``may_release`` in the memory
 store, a WHERE clause in SQLite and a test in Lua; the contract tests hold all three alike.
+
+Stores and the guard are blocking and batch-shaped: every call takes a batch and is one store
+round. Where a call runs (the event loop or a worker thread) is the caller's choice; the caller
+also guarantees that calls into one store never overlap.
+
+An entry is live through its ``expires_at_ms`` inclusive and expired only when ``now`` is strictly
+later (``is_expired``): see ``ReplayGuard`` for why that last instant matters.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import hashlib
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 from broker_adapter.envelope_errors import (
     EnvelopeError,
@@ -51,6 +58,7 @@ __all__ = [
     "ReplayStoreError",
     "completed_entry",
     "decide",
+    "is_expired",
     "may_release",
     "replay_key",
 ]
@@ -92,7 +100,7 @@ class Entry:
 
     ``lease_until_ms`` (claim time + lease) is stored instead of the claim time so that the
     decision needs no configuration; ``token`` and ``lease_until_ms`` only mean something while
-    the entry is ``IN_PROGRESS``.
+    the entry is ``IN_PROGRESS``. The entry is live through ``expires_at_ms`` inclusive.
     """
 
     digest: bytes
@@ -126,13 +134,20 @@ class Decision:
     response: bytes | None = None
 
 
+def is_expired(expires_at_ms: int, now_ms: int) -> bool:
+    """Whether an entry that expires at ``expires_at_ms`` is gone at ``now_ms``: only strictly
+    after it, because ``expires_at_ms`` is the last instant some replica may still accept the
+    message (``ReplayGuard``)."""
+    return expires_at_ms < now_ms
+
+
 def decide(existing: Entry | None, digest: bytes, now_ms: int) -> Decision:
     """The replay decision for a message whose envelope digest is ``digest``, at ``now_ms``.
 
     The digest is compared before the state on purpose: other bytes under a known id are a
     conflict whether or not the first message has finished.
     """
-    if existing is None or existing.expires_at_ms <= now_ms:
+    if existing is None or is_expired(existing.expires_at_ms, now_ms):
         # An expired entry not yet purged is the same as no entry: its message could no longer
         # pass the timestamp check, so nothing that reaches this point can be its replay.
         return Decision(DecisionKind.PROCESS_NEW)
@@ -174,7 +189,7 @@ def may_release(existing: Entry | None, token: bytes, now_ms: int) -> bool:
 def _owned_by(existing: Entry | None, token: bytes, now_ms: int) -> bool:
     return (
         existing is not None
-        and existing.expires_at_ms > now_ms
+        and not is_expired(existing.expires_at_ms, now_ms)
         and existing.state is EntryState.IN_PROGRESS
         and secrets.compare_digest(existing.token, token)
     )
@@ -188,52 +203,37 @@ def replay_key(sender: str, msg_id: bytes) -> bytes:
 
 
 class ReplayStore(Protocol):
-    """Where entries live. Every method is atomic with respect to other guards on the same store."""
+    """Where entries live: blocking, batch-shaped calls, each one store round (one transaction,
+    one pipeline or script call) that is atomic per item with respect to other guards.
 
-    async def claim(self, key: bytes, candidate: Entry, now_ms: int) -> Decision:
-        """Apply ``decide(existing, candidate.digest, now_ms)`` and, if it claims, store
-        ``candidate`` in place of the existing entry, all in one atomic step."""
-        ...
+    Answers come in the items' order. An item that fails alone gets its exception in its place;
+    a failure of the whole round raises ``ReplayStoreError`` and the caller treats every item as
+    not done (a Redis round that timed out may still have claimed some keys: their redeliveries
+    wait for the lease, then reclaim). The caller never overlaps two calls into one store, so a
+    store needs no locking of its own.
+    """
 
-    async def complete(self, key: bytes, token: bytes, response: bytes | None, now_ms: int) -> bool:
-        """Replace the entry by ``completed_entry(...)``; False if ``token`` lost ownership."""
-        ...
-
-    async def claim_many(
+    def claim_many(
         self, items: Sequence[tuple[bytes, Entry]], now_ms: int
     ) -> list[Decision | Exception]:
-        """``claim`` for each (key, candidate) in order, in one store round (transaction,
-        pipeline). An item that fails alone gets its exception in its place; a failure of the
-        round raises ``ReplayStoreError``."""
+        """For each (key, candidate): apply ``decide(existing, candidate.digest, now_ms)`` and,
+        if it claims, store ``candidate`` in place of the existing entry, atomically."""
         ...
 
-    async def complete_many(
+    def complete_many(
         self, items: Sequence[tuple[bytes, bytes, bytes | None]], now_ms: int
     ) -> list[bool | Exception]:
-        """``complete`` for each (key, token, response) in order, in one store round."""
+        """For each (key, token, response): replace the entry by ``completed_entry(...)``;
+        False where ``token`` lost ownership."""
         ...
 
-    async def release(self, key: bytes, token: bytes, now_ms: int) -> bool:
-        """Delete the entry if ``may_release(...)``; False otherwise."""
+    def release_many(
+        self, items: Sequence[tuple[bytes, bytes]], now_ms: int
+    ) -> list[bool | Exception]:
+        """For each (key, token): delete the entry if ``may_release(...)``; False otherwise."""
         ...
 
-    async def close(self) -> None: ...
-
-
-@runtime_checkable
-class ThreadClaimingStore(Protocol):
-    """A store that can also claim from a worker thread, without the event loop."""
-
-    @property
-    def claims_in_thread(self) -> bool:
-        """Whether ``claim_many_sync`` is usable (a Redis store needs its blocking client)."""
-        ...
-
-    def claim_many_sync(
-        self, items: Sequence[tuple[bytes, Entry]], now_ms: int
-    ) -> list[Decision | Exception]:
-        """``claim_many``, blocking the calling thread (never the event loop's)."""
-        ...
+    def close(self) -> None: ...
 
 
 class ClaimOutcome(enum.Enum):
@@ -278,8 +278,15 @@ class ReplayGuard:
 
     ``window_ms`` and ``skew_ms`` must be the values the envelope's timestamp check uses: a
     message is accepted while ``now - skew <= timestamp + window`` and ``timestamp <= now + skew``.
-    An entry therefore lives until ``timestamp + window + 2 * skew``: one skew for the accepted
-    lateness, one more as margin for replicas whose clocks disagree by up to ``skew``.
+    An entry therefore lives through ``timestamp + window + 2 * skew`` inclusive: one skew for the
+    accepted lateness, one more for replicas whose clocks disagree by up to ``skew``. A replica
+    whose clock is ``skew`` ahead of another reaches that instant exactly when the other still
+    accepts the message, so the entry must still count (and survive purges) at that instant.
+
+    Every method is blocking and takes a batch; the answer to each item is in its place. An empty
+    batch returns ``[]`` without calling the store or the clock. The clock and the token source
+    must be safe to call from whichever thread calls the guard (the system clock and ``secrets``
+    are).
     """
 
     def __init__(
@@ -300,58 +307,29 @@ class ReplayGuard:
         self._lease_ms = in_progress_lease_ms
         self._clock = clock
         self._token_source = token_source or _random_token
-        self._thread_store = (
-            store if isinstance(store, ThreadClaimingStore) and store.claims_in_thread else None
-        )
 
     @property
     def entry_lifetime_ms(self) -> int:
         """How long after its timestamp an entry is kept: window + 2 x skew."""
         return self._window_ms + 2 * self._skew_ms
 
-    async def claim(self, sender: str, msg_id: bytes, digest: bytes, timestamp_ms: int) -> Claim:
-        """Decide what to do with a message that passed envelope checks 1-7.
+    def claim(self, requests: Sequence[ClaimRequest]) -> list[Claim | Exception]:
+        """Decide what to do with messages that passed envelope checks 1-7, in one store round.
 
-        Raises ``ReplayConflictError`` for a known id with other bytes, ``StaleMessageError`` or
+        Each answer is in its request's place: a ``Claim``, or the exception that message alone
+        raises: ``ReplayConflictError`` for a known id with other bytes, ``StaleMessageError`` or
         ``FromFutureError`` if the timestamp is outside what the guard can remember (the
-        envelope check should already have refused it), and ``ReplayStoreError``.
+        envelope check should already have refused it), ``ValueError`` for a malformed request,
+        or ``ReplayStoreError`` from a store that fails a single item (the memory store when
+        full). Raises ``ReplayStoreError`` if the store round as a whole failed: treat every
+        message as not claimed.
         """
-        now = self._clock()
-        request = ClaimRequest(sender, msg_id, digest, timestamp_ms)
-        key, candidate = self._candidate(request, now)
-        decision = await self._store.claim(key, candidate, now)
-        return self._claim_from(decision, request, key, candidate.token, now)
-
-    async def claim_many(self, requests: Sequence[ClaimRequest]) -> list[Claim | Exception]:
-        """``claim`` for many messages in one store call (one transaction, one pipeline).
-
-        Each answer is in its request's place: a ``Claim``, or the exception ``claim`` would
-        have raised for that message alone. Raises ``ReplayStoreError`` if the store call as a
-        whole failed (nothing was claimed).
-        """
+        if not requests:
+            return []
         now = self._clock()
         out, prepared = self._prepare(requests, now)
         if prepared:
-            decisions = await self._store.claim_many([(k, c) for _, k, c in prepared], now)
-            self._finish(out, prepared, decisions, requests, now)
-        return [r for r in out if r is not None]
-
-    @property
-    def claims_in_thread(self) -> bool:
-        """Whether ``claim_many_sync`` may be used: the store can claim from a worker thread."""
-        return self._thread_store is not None
-
-    def claim_many_sync(self, requests: Sequence[ClaimRequest]) -> list[Claim | Exception]:
-        """``claim_many`` from a worker thread (never the event loop's), for a store that can
-        (``claims_in_thread``); the same answers. The clock and the token source must be safe
-        to call from that thread (the system clock and ``secrets`` are)."""
-        store = self._thread_store
-        if store is None:
-            raise TypeError(f"{type(self._store).__name__} cannot claim from a thread")
-        now = self._clock()
-        out, prepared = self._prepare(requests, now)
-        if prepared:
-            decisions = store.claim_many_sync([(k, c) for _, k, c in prepared], now)
+            decisions = self._store.claim_many([(k, c) for _, k, c in prepared], now)
             self._finish(out, prepared, decisions, requests, now)
         return [r for r in out if r is not None]
 
@@ -392,7 +370,7 @@ class ReplayGuard:
         # Defence in depth against a caller that skipped or misconfigured check 7: an entry
         # born expired would let the same bytes be processed again, and a far-future timestamp
         # would pin an entry (and memory) for as long as the sender likes.
-        if expires_at <= now:
+        if is_expired(expires_at, now):
             raise StaleMessageError("timestamp older than the replay horizon")
         if request.timestamp_ms > now + 2 * self._skew_ms:
             raise FromFutureError("timestamp beyond the replay horizon")
@@ -440,29 +418,30 @@ class ReplayGuard:
             retry_after_ms=max(1, decision.lease_until_ms - now),
         )
 
-    async def complete(self, claim: Claim, response: bytes | None = None) -> bool:
-        """Mark the message DONE (caching ``response``, which should be the sealed reply).
+    def complete(self, items: Sequence[tuple[Claim, bytes | None]]) -> list[bool | Exception]:
+        """Mark each (claim, response) DONE, caching ``response`` (the sealed reply, or None).
 
-        Returns False when the claim lost ownership (its lease expired and another worker
-        reclaimed the key, or the entry expired): the handler's effects stand, since handlers
-        are idempotent, but the other worker's result will be the one remembered.
+        False in an item's place when that claim lost ownership (its lease expired and another
+        worker reclaimed the key, or the entry expired): the handler's effects stand, since
+        handlers are idempotent, but the other worker's result is the one remembered. Raises
+        ``ValueError`` (before touching the store) if a claim is not a PROCESS claim, and
+        ``ReplayStoreError`` if the store round failed.
         """
-        token = _owner_token(claim)
-        return await self._store.complete(claim.key, token, response, self._clock())
-
-    async def complete_many(
-        self, completions: Sequence[tuple[Claim, bytes | None]]
-    ) -> list[bool | Exception]:
-        """``complete`` for many claims in one store call; answers in order, as ``claim_many``."""
-        items = [(claim.key, _owner_token(claim), response) for claim, response in completions]
         if not items:
             return []
-        return await self._store.complete_many(items, self._clock())
+        keyed = [(claim.key, _owner_token(claim), response) for claim, response in items]
+        return self._store.complete_many(keyed, self._clock())
 
-    async def release(self, claim: Claim) -> bool:
-        """Forget an IN_PROGRESS claim after a transient failure, so a redelivery processes it."""
-        token = _owner_token(claim)
-        return await self._store.release(claim.key, token, self._clock())
+    def release(self, claims: Sequence[Claim]) -> list[bool | Exception]:
+        """Forget IN_PROGRESS claims after a transient failure, so a redelivery processes them.
+
+        False where the claim no longer owns its entry; ``ValueError`` and ``ReplayStoreError``
+        as for ``complete``.
+        """
+        if not claims:
+            return []
+        keyed = [(claim.key, _owner_token(claim)) for claim in claims]
+        return self._store.release_many(keyed, self._clock())
 
 
 def _owner_token(claim: Claim) -> bytes:

@@ -11,6 +11,7 @@ from broker_adapter.replay import (
     ReplayStoreError,
     completed_entry,
     decide,
+    is_expired,
     may_release,
 )
 
@@ -19,8 +20,8 @@ class MemoryReplayStore:
     """A dictionary of entries with amortised expiry and a hard bound on its size.
 
     When the bound is reached and nothing has expired, a claim fails with ``ReplayStoreError``
-    rather than evicting a live entry: eviction would silently reopen the replay window for the
-    evicted message. Size the bound as peak rate x (window + 2 x skew).
+    (in that item's place) rather than evicting a live entry: eviction would silently reopen
+    the replay window for the evicted message. Size the bound as peak rate x (window + 2 x skew).
     """
 
     def __init__(self, *, max_entries: int = 1_000_000) -> None:
@@ -37,9 +38,9 @@ class MemoryReplayStore:
         return len(self._entries)
 
     def purge(self, now_ms: int) -> int:
-        """Drop every expired entry; returns how many were dropped."""
+        """Drop every expired entry (``is_expired``); returns how many were dropped."""
         dropped = 0
-        while self._expiry and self._expiry[0][0] <= now_ms:
+        while self._expiry and is_expired(self._expiry[0][0], now_ms):
             expires_at, key = heapq.heappop(self._expiry)
             entry = self._entries.get(key)
             if entry is not None and entry.expires_at_ms == expires_at:
@@ -52,8 +53,45 @@ class MemoryReplayStore:
             heapq.heapify(self._expiry)
         return dropped
 
-    async def claim(self, key: bytes, candidate: Entry, now_ms: int) -> Decision:
+    def claim_many(
+        self, items: Sequence[tuple[bytes, Entry]], now_ms: int
+    ) -> list[Decision | Exception]:
         self.purge(now_ms)
+        out: list[Decision | Exception] = []
+        for key, candidate in items:
+            try:
+                out.append(self._claim(key, candidate, now_ms))
+            except ReplayStoreError as exc:  # full: that item fails, the others may fit
+                out.append(exc)
+        return out
+
+    def complete_many(
+        self, items: Sequence[tuple[bytes, bytes, bytes | None]], now_ms: int
+    ) -> list[bool | Exception]:
+        out: list[bool | Exception] = []
+        for key, token, response in items:
+            done = completed_entry(self._entries.get(key), token, response, now_ms)
+            if done is not None:
+                self._entries[key] = done
+            out.append(done is not None)
+        return out
+
+    def release_many(
+        self, items: Sequence[tuple[bytes, bytes]], now_ms: int
+    ) -> list[bool | Exception]:
+        out: list[bool | Exception] = []
+        for key, token in items:
+            owned = may_release(self._entries.get(key), token, now_ms)
+            if owned:
+                del self._entries[key]
+            out.append(owned)
+        return out
+
+    def close(self) -> None:
+        self._entries.clear()
+        self._expiry.clear()
+
+    def _claim(self, key: bytes, candidate: Entry, now_ms: int) -> Decision:
         existing = self._entries.get(key)
         decision = decide(existing, candidate.digest, now_ms)
         if decision.kind.claims:
@@ -61,40 +99,6 @@ class MemoryReplayStore:
                 raise ReplayStoreError(f"memory replay store full ({self._max_entries} entries)")
             self._put(key, candidate)
         return decision
-
-    async def complete(self, key: bytes, token: bytes, response: bytes | None, now_ms: int) -> bool:
-        done = completed_entry(self._entries.get(key), token, response, now_ms)
-        if done is None:
-            return False
-        self._entries[key] = done
-        return True
-
-    async def claim_many(
-        self, items: Sequence[tuple[bytes, Entry]], now_ms: int
-    ) -> list[Decision | Exception]:
-        out: list[Decision | Exception] = []
-        for key, candidate in items:
-            try:
-                out.append(await self.claim(key, candidate, now_ms))
-            except ReplayStoreError as exc:  # full: that item fails, the others may fit
-                out.append(exc)
-        return out
-
-    async def complete_many(
-        self, items: Sequence[tuple[bytes, bytes, bytes | None]], now_ms: int
-    ) -> list[bool | Exception]:
-        return [await self.complete(key, token, response, now_ms)
-                for key, token, response in items]
-
-    async def release(self, key: bytes, token: bytes, now_ms: int) -> bool:
-        if not may_release(self._entries.get(key), token, now_ms):
-            return False
-        del self._entries[key]
-        return True
-
-    async def close(self) -> None:
-        self._entries.clear()
-        self._expiry.clear()
 
     def _put(self, key: bytes, entry: Entry) -> None:
         previous = self._entries.get(key)

@@ -1,37 +1,28 @@
 """Redis replay store: one state shared by every replica that consumes the same queue.
 
-Each operation is one Lua script, which Redis runs atomically, so N replicas racing for a key
-see exactly one PROCESS. Scripts are sent with EVALSHA and loaded on a NOSCRIPT error (the
-client's ``register_script`` does this), so the script text crosses the wire once per server.
+Each key is decided by a Lua script, which Redis runs atomically, so N replicas racing for a key
+see exactly one PROCESS. Scripts are sent with EVALSHA; a call that hits NOSCRIPT (after a
+server restart or ``SCRIPT FLUSH``) has its script loaded and is sent again, so the script text
+crosses the wire once per server.
 
-Batch scripts: the claims of a batch (``claim_many``) go as ONE call of a script that claims
-each of its keys in turn, and so do the completions of a batch; per message that saves building,
-sending and parsing a command of its own, most of a claim's client-side cost (40 us per claim
-on the bench machine, docs/benchmarks.md item 18). Each key is still decided alone, by the same
-Lua function as a one-key call. On a Redis Cluster a script may only touch keys of one hash
-slot, so with a ``RedisCluster`` client every message keeps a one-key call
-(``batch_scripts=False`` forces that anywhere; the contract tests run both ways).
+The store is blocking (``redis.Redis`` or ``redis.cluster.RedisCluster``) and every call is one
+round trip: with batch scripts, the claims of a batch go as ONE call of a script that claims
+each of its keys in turn, and so do the completions and the releases; each key is still decided
+alone, by the same Lua function as a one-key call, and per message that saves building,
+sending and parsing a command of its own. On a Redis Cluster a script may only touch keys of one
+hash slot, so with a ``RedisCluster`` client (or ``batch_scripts=False``) every key gets its own
+script call, all of them in one pipeline.
 
-An entry is a single string value with a PX expiry (Redis deletes it when its message could no
-longer pass the timestamp check), laid out to stay small:
+An entry is a single string value with a PX expiry, laid out to stay small:
 
     IN_PROGRESS  digest(16) 'P' token(8) lease_until_ms (decimal)
     DONE         digest(16) 'D'
     DONE         digest(16) 'R' cached response
 
 The Lua code mirrors ``broker_adapter.replay.decide``, ``completed_entry`` and
-``may_release``; the integration tests hold the two to the same behaviour.
-
-Pipelining: operations made in the same turn of the event loop (a consumer's prefetched
-deliveries reach ``claim`` together) go to Redis as one pipeline of EVALSHA calls, one round
-trip for all of them; each script still runs atomically and each caller gets its own reply. A
-script the server does not know (after a restart or ``SCRIPT FLUSH``) is loaded and only the
-calls that hit NOSCRIPT are sent again.
-
-Given a blocking client too (``sync_client``), the store claims from a worker thread
-(``claim_many_sync``): a consumer that opens a batch on its envelope thread claims it there
-with one call, and the loop neither sends it nor parses the replies (docs/benchmarks.md,
-item 17). Completions and releases stay on the loop.
+``may_release``; the contract tests hold them to the same behaviour. Expiry is Redis's own: the
+key lives through its entry's ``expires_at_ms`` (as measured by the claiming replica's clock) and
+Redis deletes it after that, so the scripts never compare times except for the lease.
 """
 
 from __future__ import annotations
@@ -39,10 +30,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from redis import Redis as SyncRedis
-from redis.asyncio import Redis, RedisCluster
-from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis import Redis
+from redis.cluster import RedisCluster
+from redis.commands.core import Script
+from redis.exceptions import NoScriptError, RedisError
 
 from broker_adapter.replay import (
     DIGEST_BYTES,
@@ -52,8 +43,8 @@ from broker_adapter.replay import (
     Entry,
     EntryState,
     ReplayStoreError,
+    is_expired,
 )
-from broker_adapter.turn_batch import TurnBatcher
 
 # What the scripts take as arguments (and redis-py encodes): byte strings and integers.
 _Arg = bytes | int
@@ -128,136 +119,113 @@ end
 return out
 """
 
-# KEYS[1] entry; ARGV[1] owner token.
-_RELEASE_LUA = f"""
-local old = redis.call('GET', KEYS[1])
-if not old or string.sub(old, {_STATE_AT}, {_STATE_AT}) ~= 'P'
-   or string.sub(old, {_TOKEN_FROM}, {_TOKEN_TO}) ~= ARGV[1] then
-  return 0
+# One release: the entry at ``key`` is deleted if ``token`` owns it.
+_RELEASE_FN = f"""
+local function release(key, token)
+  local old = redis.call('GET', key)
+  if not old or string.sub(old, {_STATE_AT}, {_STATE_AT}) ~= 'P'
+     or string.sub(old, {_TOKEN_FROM}, {_TOKEN_TO}) ~= token then
+    return 0
+  end
+  redis.call('DEL', key)
+  return 1
 end
-redis.call('DEL', KEYS[1])
-return 1
+"""
+# KEYS[1] entry; ARGV[1] owner token.
+_RELEASE_LUA = _RELEASE_FN + "return release(KEYS[1], ARGV[1])\n"
+# KEYS[1..n] entries; ARGV[i] the owner token of entry i.
+_RELEASE_MANY_LUA = _RELEASE_FN + """
+local out = {}
+for i, key in ipairs(KEYS) do
+  out[i] = release(key, ARGV[i])
+end
+return out
 """
 
 
 class RedisReplayStore:
-    """Replay entries in Redis under ``prefix``; the client stays the caller's unless
-    ``owns_client``.
+    """Replay entries in Redis under ``prefix``, through a blocking client.
 
     The client must return bytes (``decode_responses=False``, the default), because keys,
-    digests, tokens and cached responses are binary.
+    digests, tokens and cached responses are binary, and it should have socket timeouts: a
+    call blocks its caller (possibly the event loop) until Redis answers or the timeout ends.
+    The client stays the caller's unless ``owns_client``, in which case ``close`` closes it.
     """
 
     def __init__(
         self,
-        client: Redis,
-        prefix: str = "akma:replay:",
+        client: Redis | RedisCluster,
         *,
+        prefix: str = "akma:replay:",
         owns_client: bool = False,
-        sync_client: SyncRedis | None = None,
-        batch_scripts: bool | None = None,
+        batch_scripts: bool = True,
     ) -> None:
-        for each in (client, sync_client):
-            if each is not None and each.connection_pool.connection_kwargs.get(
-                    "decode_responses", False):
-                raise ValueError("the Redis client must be created with decode_responses=False")
+        if client.get_connection_kwargs().get("decode_responses", False):
+            raise ValueError("the Redis client must be created with decode_responses=False")
         self._client = client
-        # For ``claim_many_sync`` only, used from one worker thread; it should have a socket
-        # timeout, since that thread also opens envelopes and must not hang on a dead server.
-        self._sync_client = sync_client
-        # True when the store was handed a client made for it alone (the runtime does that):
-        # then ``close`` closes the client's connections too.
         self._owns_client = owns_client
         self._prefix = prefix.encode("utf-8")
         self._claim_script = client.register_script(_CLAIM_LUA)
-        self._complete_script = client.register_script(_COMPLETE_LUA)
-        self._release_script = client.register_script(_RELEASE_LUA)
         self._claim_many_script = client.register_script(_CLAIM_MANY_LUA)
+        self._complete_script = client.register_script(_COMPLETE_LUA)
         self._complete_many_script = client.register_script(_COMPLETE_MANY_LUA)
-        # A batch's claims (and completions) as ONE script call over all its keys: the client
-        # builds and parses one command instead of one per message. A script may only touch
-        # keys of one hash slot on a Redis Cluster, so there every message keeps its own call.
-        self._batch_scripts = (
-            not isinstance(client, RedisCluster) if batch_scripts is None else batch_scripts
-        )
-        # Pipelining: the calls of one loop turn, one round trip.
-        self._batches: TurnBatcher[_Call, object] = TurnBatcher(
-            self._run_batch, lambda exc: ReplayStoreError(f"replay store: {exc!r}")
-        )
-
-    @property
-    def claims_in_thread(self) -> bool:
-        return self._sync_client is not None
-
-    def claim_many_sync(
-        self, items: Sequence[tuple[bytes, Entry]], now_ms: int
-    ) -> list[Decision | Exception]:
-        """``claim_many`` with the blocking client, from a worker thread (never the event
-        loop's). Raises ``ReplayStoreError`` if the pipeline failed."""
-        if self._sync_client is None:
-            raise ReplayStoreError("replay store: no blocking Redis client to claim from a thread")
-        calls = self._claim_calls(items, now_ms)
-        ready = [c for c in calls if isinstance(c, _Call)]
-        client = self._sync_client
-        try:
-            if self._batch_scripts and len(ready) > 1:
-                [reply] = self._run_batch_sync(client, [self._claims_in_one(ready, now_ms)])
-                replies = iter(_split(reply, len(ready)))
-            else:
-                replies = iter(self._run_batch_sync(client, ready) if ready else [])
-        except Exception as exc:
-            raise ReplayStoreError(f"replay store: {exc!r}") from exc
-        return [c if isinstance(c, Exception) else _decision_or_error(next(replies))
-                for c in calls]
+        self._release_script = client.register_script(_RELEASE_LUA)
+        self._release_many_script = client.register_script(_RELEASE_MANY_LUA)
+        # A script may only touch keys of one hash slot on a cluster: one call per key there.
+        self._batch_scripts = batch_scripts and not isinstance(client, RedisCluster)
 
     def redis_key(self, key: bytes) -> bytes:
         """The Redis key of a replay key (for operators and tests)."""
         return self._prefix + key
 
-    async def claim(self, key: bytes, candidate: Entry, now_ms: int) -> Decision:
-        return _decision(await self._batches.submit(self._claim_call(key, candidate, now_ms)))
+    # ---- ReplayStore protocol -------------------------------------------------------------
 
-    async def claim_many(
+    def claim_many(
         self, items: Sequence[tuple[bytes, Entry]], now_ms: int
     ) -> list[Decision | Exception]:
-        # The list joins the turn's pipeline as one submission: one future, not one per item.
-        calls = self._claim_calls(items, now_ms)
-        merged = await self._run_calls(calls, lambda ready: self._claims_in_one(ready, now_ms))
-        return [_decision_or_error(r) for r in merged]
-
-    def _claim_calls(
-        self, items: Sequence[tuple[bytes, Entry]], now_ms: int
-    ) -> list[_Call | Exception]:
         calls: list[_Call | Exception] = []
         for key, candidate in items:
             try:
                 calls.append(self._claim_call(key, candidate, now_ms))
             except ValueError as exc:
                 calls.append(exc)
-        return calls
+        replies = self._run(calls, lambda ready: self._claims_in_one(ready, now_ms))
+        return [_decision_or_error(r) for r in replies]
 
-    async def complete(self, key: bytes, token: bytes, response: bytes | None, now_ms: int) -> bool:
-        # now_ms is not needed: Redis itself has deleted an expired entry.
-        del now_ms
-        return await self._batches.submit(self._complete_call(key, token, response)) == 1
-
-    async def complete_many(
+    def complete_many(
         self, items: Sequence[tuple[bytes, bytes, bytes | None]], now_ms: int
     ) -> list[bool | Exception]:
-        del now_ms
-        calls: list[_Call | Exception] = [self._complete_call(k, t, r) for k, t, r in items]
-        replies = await self._run_calls(calls, self._completions_in_one)
-        return [r if isinstance(r, Exception) else r == 1 for r in replies]
+        del now_ms  # Redis itself has deleted an expired entry
+        calls: list[_Call | Exception] = [
+            _Call(self._complete_script, [self.redis_key(key)],
+                  [token, b"1", response] if response is not None else [token, b"0", b""])
+            for key, token, response in items
+        ]
+        return _flags(self._run(calls, self._in_one(self._complete_many_script)))
+
+    def release_many(
+        self, items: Sequence[tuple[bytes, bytes]], now_ms: int
+    ) -> list[bool | Exception]:
+        del now_ms  # as for complete_many
+        calls: list[_Call | Exception] = [
+            _Call(self._release_script, [self.redis_key(key)], [token]) for key, token in items
+        ]
+        return _flags(self._run(calls, self._in_one(self._release_many_script)))
+
+    def close(self) -> None:
+        """Close the client only if it was made for this store."""
+        if self._owns_client:
+            self._client.close()
+
+    # ---- building calls -------------------------------------------------------------------
 
     def _claim_call(self, key: bytes, candidate: Entry, now_ms: int) -> _Call:
         if len(candidate.digest) != DIGEST_BYTES or len(candidate.token) != TOKEN_BYTES:
             raise ValueError("digest and token must have the fixed sizes of the value layout")
         if candidate.state is not EntryState.IN_PROGRESS:
             raise ValueError("a claim writes an IN_PROGRESS entry")
-        ttl_ms = candidate.expires_at_ms - now_ms
-        if ttl_ms <= 0:
-            raise ValueError("the candidate entry is already expired")
         value = candidate.digest + b"P" + candidate.token + str(candidate.lease_until_ms).encode()
+        ttl_ms = key_ttl_ms(candidate.expires_at_ms, now_ms)
         return _Call(self._claim_script, [self.redis_key(key)], [value, now_ms, ttl_ms])
 
     def _claims_in_one(self, calls: list[_Call], now_ms: int) -> _Call:
@@ -267,93 +235,66 @@ class RedisReplayStore:
             args += (call.args[0], call.args[2])  # value, time to live
         return _Call(self._claim_many_script, [c.keys[0] for c in calls], args)
 
-    def _completions_in_one(self, calls: list[_Call]) -> _Call:
-        """One call of the many-keys completion script for these one-key completion calls."""
-        return _Call(self._complete_many_script, [c.keys[0] for c in calls],
-                     [arg for c in calls for arg in c.args])
+    @staticmethod
+    def _in_one(script: Script) -> Callable[[list[_Call]], _Call]:
+        """The many-keys call of ``script`` for one-key calls whose arguments simply follow
+        each other (completions, releases)."""
+        return lambda calls: _Call(script, [c.keys[0] for c in calls],
+                                   [arg for c in calls for arg in c.args])
 
-    def _complete_call(self, key: bytes, token: bytes, response: bytes | None) -> _Call:
-        args: list[_Arg] = (
-            [token, b"1", response] if response is not None else [token, b"0", b""]
-        )
-        return _Call(self._complete_script, [self.redis_key(key)], args)
+    # ---- one round trip -------------------------------------------------------------------
 
-    async def _run_calls(
+    def _run(
         self, calls: list[_Call | Exception], in_one: Callable[[list[_Call]], _Call]
     ) -> list[object]:
-        """The calls join this loop turn's pipeline together (one future for all of them),
-        as one call of a many-keys script (``in_one``) where batch scripts are on; items that
-        are already errors keep their place. A failed pipeline raises ``ReplayStoreError``
-        (the batcher's ``on_failure``)."""
+        """Send the calls in one round trip: as one call of a many-keys script (``in_one``)
+        where batch scripts are on, else as a pipeline. Items that are already errors keep
+        their place; a failed round trip raises ``ReplayStoreError``."""
         ready = [c for c in calls if isinstance(c, _Call)]
-        if self._batch_scripts and len(ready) > 1:
-            results = iter(_split(await self._batches.submit(in_one(ready)), len(ready)))
-        else:
-            results = iter(await self._batches.submit_many(ready) if ready else [])
+        if not ready:
+            return list(calls)
+        try:
+            if self._batch_scripts and len(ready) > 1:
+                [reply] = self._send([in_one(ready)])
+                results = iter(_split(reply, len(ready)))
+            else:
+                results = iter(self._send(ready))
+        except (RedisError, OSError) as exc:
+            raise ReplayStoreError(f"replay store: {exc!r}") from exc
         return [c if isinstance(c, Exception) else next(results) for c in calls]
 
-    async def release(self, key: bytes, token: bytes, now_ms: int) -> bool:
-        del now_ms
-        return await self._call_flag(self._release_script, key, [token])
-
-    async def close(self) -> None:
-        """Finish queued calls; close the client only if it was made for this store."""
-        await self._batches.drain()
-        if self._owns_client:
-            await self._client.aclose()
-            if self._sync_client is not None:
-                self._sync_client.close()
-
-    async def _call_flag(self, script: AsyncScript, key: bytes, args: list[bytes]) -> bool:
-        return bool(await self._call(script, key, args) == 1)
-
-    # ---- pipelining: one round trip per loop turn ---------------------------------------
-
-    async def _call(self, script: AsyncScript, key: bytes, args: Sequence[_Arg]) -> object:
-        return await self._batches.submit(_Call(script, [self.redis_key(key)], list(args)))
-
-    async def _run_batch(self, batch: list[_Call]) -> list[object | Exception]:
-        results = await self._send(batch)
-        missing, scripts = _lost_scripts(batch, results)
+    def _send(self, batch: list[_Call]) -> list[object | Exception]:
+        """One pipeline of EVALSHA calls; a call's error comes back in its place. Calls that hit
+        NOSCRIPT have their script loaded and are sent once more."""
+        results = self._pipeline(batch)
+        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if missing:
-            # The server lost our scripts: load each one, then resend only those calls.
-            for script in scripts:
-                await self._client.script_load(script.script)
-            for i, result in zip(missing, await self._send([batch[i] for i in missing]),
+            for script in {id(batch[i].script): batch[i].script for i in missing}.values():
+                self._client.script_load(script.script)
+            for i, result in zip(missing, self._pipeline([batch[i] for i in missing]),
                                  strict=True):
                 results[i] = result
-        return _store_errors(results)
+        return [ReplayStoreError(f"replay store: {r}") if isinstance(r, Exception) else r
+                for r in results]
 
-    async def _send(self, batch: list[_Call]) -> list[object | Exception]:
-        """One pipeline of EVALSHA calls; a call's error comes back in its place."""
+    def _pipeline(self, batch: list[_Call]) -> list[object | Exception]:
         pipe = self._client.pipeline(transaction=False)
         for call in batch:
             pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
-        return list(await pipe.execute(raise_on_error=False))
+        return list(pipe.execute(raise_on_error=False))
 
-    @staticmethod
-    def _run_batch_sync(client: SyncRedis, batch: list[_Call]) -> list[object | Exception]:
-        """``_run_batch`` with the blocking client: the same pipeline and NOSCRIPT recovery."""
 
-        def send(calls: list[_Call]) -> list[object | Exception]:
-            pipe = client.pipeline(transaction=False)
-            for call in calls:
-                pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
-            return list(pipe.execute(raise_on_error=False))
-
-        results = send(batch)
-        missing, scripts = _lost_scripts(batch, results)
-        if missing:
-            for script in scripts:
-                client.script_load(script.script)
-            for i, result in zip(missing, send([batch[i] for i in missing]), strict=True):
-                results[i] = result
-        return _store_errors(results)
+def key_ttl_ms(expires_at_ms: int, now_ms: int) -> int:
+    """The PX time to live of an entry written at ``now_ms``: Redis must keep the key through
+    ``expires_at_ms`` itself (the entry's last live instant), hence the extra millisecond."""
+    if is_expired(expires_at_ms, now_ms):
+        raise ValueError("the candidate entry is already expired")
+    return expires_at_ms - now_ms + 1
 
 
 @dataclass(frozen=True, slots=True)
 class _Call:
-    script: AsyncScript
+    script: Script
     keys: list[bytes]
     args: list[_Arg]
 
@@ -369,18 +310,8 @@ def _split(reply: object, count: int) -> list[object]:
     return reply
 
 
-def _lost_scripts(
-    batch: list[_Call], results: list[object | Exception]
-) -> tuple[list[int], list[AsyncScript]]:
-    """The calls that hit NOSCRIPT, and each script they need loaded once."""
-    missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-    scripts = {id(batch[i].script): batch[i].script for i in missing}
-    return missing, list(scripts.values())
-
-
-def _store_errors(results: list[object | Exception]) -> list[object | Exception]:
-    return [ReplayStoreError(f"replay store: {r}") if isinstance(r, Exception) else r
-            for r in results]
+def _flags(replies: list[object]) -> list[bool | Exception]:
+    return [r if isinstance(r, Exception) else r == 1 for r in replies]
 
 
 def _decision_or_error(reply: object) -> Decision | Exception:

@@ -152,7 +152,7 @@ settings = SecuritySettings(key_dir=path.parent, trust_dir=path.parent, replay_s
 
 async def main() -> None:
     store = await _open_store(settings)
-    await store.close()
+    store.close()
 
 
 while time.time() < start:

@@ -11,6 +11,7 @@ from broker_adapter.replay import (
     EntryState,
     completed_entry,
     decide,
+    is_expired,
     may_release,
     replay_key,
 )
@@ -35,11 +36,21 @@ def done(response: bytes | None = None, *, expires_at: int = NOW + 1_000) -> Ent
     [
         # Nothing known: a new message.
         (None, D1, Decision(DecisionKind.PROCESS_NEW)),
-        # Expired entries count as absent, whatever their state or digest; expiry is exclusive.
-        (in_progress(expires_at=NOW), D1, Decision(DecisionKind.PROCESS_NEW)),
+        # Expired entries count as absent, whatever their state or digest; an entry expires
+        # only strictly after its expires_at.
+        (in_progress(expires_at=NOW - 1), D1, Decision(DecisionKind.PROCESS_NEW)),
         (in_progress(expires_at=NOW - 1), D2, Decision(DecisionKind.PROCESS_NEW)),
-        (done(b"r", expires_at=NOW), D1, Decision(DecisionKind.PROCESS_NEW)),
-        (done(expires_at=NOW), D2, Decision(DecisionKind.PROCESS_NEW)),
+        (done(b"r", expires_at=NOW - 1), D1, Decision(DecisionKind.PROCESS_NEW)),
+        (done(expires_at=NOW - 1), D2, Decision(DecisionKind.PROCESS_NEW)),
+        # At its expires_at instant the entry still counts: a replica a skew ahead reaches it
+        # while another still accepts the message.
+        (done(b"r", expires_at=NOW), D1, Decision(DecisionKind.DUPLICATE_DONE, response=b"r")),
+        (done(expires_at=NOW), D2, Decision(DecisionKind.CONFLICT)),
+        (
+            in_progress(expires_at=NOW),
+            D1,
+            Decision(DecisionKind.DUPLICATE_IN_PROGRESS, lease_until_ms=NOW + 100),
+        ),
         # Other bytes under a live id: conflict, in either state, even with a dead lease.
         (in_progress(), D2, Decision(DecisionKind.CONFLICT)),
         (in_progress(lease_until=NOW - 1), D2, Decision(DecisionKind.CONFLICT)),
@@ -81,7 +92,7 @@ def test_completed_entry_by_owner_keeps_digest_and_expiry() -> None:
     "existing",
     [
         None,
-        in_progress(expires_at=NOW),  # expired
+        in_progress(expires_at=NOW - 1),  # expired
         done(),  # already finished
         Entry(D1, EntryState.IN_PROGRESS, OTHER_TOKEN, NOW + 100, NOW + 1_000),  # reclaimed
     ],
@@ -93,6 +104,20 @@ def test_completed_entry_and_release_refused_without_ownership(existing: Entry |
 
 def test_release_allowed_for_owner() -> None:
     assert may_release(in_progress(), TOKEN, NOW)
+
+
+def test_ownership_lasts_through_the_expiry_instant() -> None:
+    entry = in_progress(expires_at=NOW)
+    assert may_release(entry, TOKEN, NOW)
+    assert completed_entry(entry, TOKEN, None, NOW) is not None
+    assert not may_release(entry, TOKEN, NOW + 1)
+    assert completed_entry(entry, TOKEN, None, NOW + 1) is None
+
+
+def test_is_expired_only_strictly_after() -> None:
+    assert not is_expired(NOW, NOW - 1)
+    assert not is_expired(NOW, NOW)
+    assert is_expired(NOW, NOW + 1)
 
 
 def test_replay_key_is_compact_and_separates_senders() -> None:
