@@ -86,7 +86,6 @@ class ReplayStoreError(BrokerAdapterError):
     """
 
     code = "replay_store_unavailable"
-    transient = True
 
 
 class EntryState(enum.IntEnum):

@@ -19,6 +19,7 @@ from typing import Literal
 from aio_pika.abc import AbstractRobustConnection
 from pydantic import BaseModel, ConfigDict, Field
 
+from broker_adapter.clock import system_clock_ms
 from broker_adapter.codec import EnvelopeCodec
 from broker_adapter.envelope import DEFAULT_SKEW_MS, DEFAULT_WINDOW_MS, EnvelopePolicy
 from broker_adapter.errors import BrokerConfigError
@@ -33,10 +34,6 @@ from broker_adapter.trust import TrustStore
 from broker_adapter.turns import EnvelopeWorker
 
 log = logging.getLogger("broker_adapter.runtime")
-
-
-def system_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class SecuritySettings(BaseModel):

@@ -10,9 +10,9 @@ Redis client.
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
+from broker_adapter.clock import system_clock_ms
 from broker_adapter.replay_stores.memory import MemoryReplayStore
 from broker_adapter.replay_stores.sqlite import SqliteReplayStore
 
@@ -20,15 +20,6 @@ if TYPE_CHECKING:
     from broker_adapter.replay_stores.redis import RedisReplayStore
 
 __all__ = ["MemoryReplayStore", "RedisReplayStore", "SqliteReplayStore", "system_clock_ms"]
-
-
-def system_clock_ms() -> int:
-    """Wall-clock unix milliseconds, the clock to give ``ReplayGuard`` outside tests.
-
-    Wall time, not a monotonic clock, because entries are compared with message timestamps and
-    shared with other processes and hosts.
-    """
-    return time.time_ns() // 1_000_000
 
 
 def __getattr__(name: str) -> Any:
