@@ -4,16 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from akma_contract.topology import NETWORK_IDENTITY, REQUEST_EXCHANGE, inbox_queue
 from as_side.client import AkmaKeyClient
 from as_side.ua_server import UaServer
 from broker_adapter.envelope import OpenedMessage
 from broker_adapter.runtime import SecureParty, system_clock_ms
 from broker_adapter.secure import SecureRequester
-
-
-def inbox_queue(identity: str) -> str:
-    """The AF's own queue for answers and notifications (docs/architecture.md)."""
-    return f"af.{identity}.inbox"
 
 
 @dataclass
@@ -29,7 +25,7 @@ class AfService:
         party: SecureParty,
         *,
         af_id: bytes,
-        network: str = "network",
+        network: str = NETWORK_IDENTITY,
         timeout_s: float = 5.0,
         attempts: int = 3,
         ua_port: int | None = None,
@@ -44,6 +40,7 @@ class AfService:
             party.endpoint,
             party.connection,
             inbox_queue(party.endpoint.identity),
+            request_exchange=REQUEST_EXCHANGE,
             on_notification=on_notification,
         )
         client = AkmaKeyClient(
