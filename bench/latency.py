@@ -25,6 +25,8 @@ from typing import Any, Self
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
+from akma_contract.identifiers import UA_TLS13_SHARED_KEY, make_af_id
+from akma_contract.messages import AkmaAfKeyData, AkmaAfKeyRequest, decode_body
 from as_side.client import AkmaKeyClient
 from bench.akma_env import AkmaFixture, NetworkWorkers, purge_queues
 from bench.common import (
@@ -40,8 +42,6 @@ from bench.common import (
 from broker_adapter.runtime import open_secure_party, system_clock_ms
 from broker_adapter.secure import SecureRequester
 from broker_adapter.transport import Publisher, RpcClient, connect
-from network_side.akma import UA_TLS13_SHARED_KEY, make_af_id
-from network_side.messages import AkmaAfKeyData, AkmaAfKeyRequest, decode_body
 
 Call = Callable[[int], Awaitable[None]]
 

@@ -43,6 +43,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from akma_contract.messages import decode_body
 from bench.common import (
     NETWORK,
     REPLY_EXCHANGE,
@@ -69,7 +70,6 @@ from network_side.aanf import Aanf, AanfConfig
 from network_side.af_registry import AfRegistry
 from network_side.audit import AuditLog
 from network_side.context_store import SqliteContextStore
-from network_side.messages import decode_body
 from network_side.nef import Nef
 from network_side.settings import read_master_key
 
