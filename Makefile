@@ -57,7 +57,7 @@ test-integration: venv prereqs
 	$(PY) -m pytest -q tests/integration
 
 lint: venv
-	$(PY) -m ruff check broker_adapter network_side as_side infra tests scripts bench
+	$(PY) -m ruff check broker_adapter akma_contract network_side as_side infra tests scripts bench
 	$(PY) -m mypy
 
 bench: venv prereqs

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from akma_contract.identifiers import make_af_id
 from as_side.service import AfService
 from as_side.settings import AfSettings
 from broker_adapter.runtime import open_secure_party
 from broker_adapter.worker import configure_logging, run_until_signalled, run_worker, start_metrics
-from network_side.akma import make_af_id
 
 
 async def _start(settings: AfSettings) -> Callable[[], Awaitable[None]]:

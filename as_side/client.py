@@ -17,6 +17,17 @@ from dataclasses import dataclass, field
 
 from prometheus_client import Counter
 
+from akma_contract.errors import ContractError
+from akma_contract.messages import (
+    REPLY_TYPES,
+    AkmaAfKeyData,
+    AkmaAfKeyRequest,
+    ContextRemovedNotification,
+    KeyNotFound,
+    Rejected,
+    decode_body,
+)
+from akma_contract.topology import NETWORK_IDENTITY, NETWORK_ROUTING_KEY
 from as_side.errors import (
     KeyNotFoundError,
     KeyRequestRejectedError,
@@ -26,16 +37,6 @@ from as_side.errors import (
 from broker_adapter.envelope import OpenedMessage
 from broker_adapter.errors import RequestTimeoutError
 from broker_adapter.secure import SecureRequester
-from network_side.errors import NetworkSideError
-from network_side.messages import (
-    REPLY_TYPES,
-    AkmaAfKeyData,
-    AkmaAfKeyRequest,
-    ContextRemovedNotification,
-    KeyNotFound,
-    Rejected,
-    decode_body,
-)
 
 log = logging.getLogger("as_side.client")
 
@@ -65,8 +66,8 @@ class AkmaKeyClient:
         *,
         af_id: bytes,
         clock_ms: Callable[[], int],
-        network: str = "network",
-        routing_key: str = "network",
+        network: str = NETWORK_IDENTITY,
+        routing_key: str = NETWORK_ROUTING_KEY,
         timeout_s: float = 5.0,
         attempts: int = 3,
         # Stop using a cached key this long before it expires, so it is not used in flight.
@@ -144,7 +145,7 @@ class AkmaKeyClient:
             raise UnexpectedReplyError(f"{answer.msg_type} does not answer {request.MSG_TYPE}")
         try:
             reply = decode_body(answer.msg_type, answer.body)
-        except NetworkSideError as exc:
+        except ContractError as exc:
             raise UnexpectedReplyError(exc.code) from exc
         if isinstance(reply, KeyNotFound):
             raise KeyNotFoundError(a_kid)
@@ -180,7 +181,7 @@ class AkmaKeyClient:
             return
         try:
             message = decode_body(opened.msg_type, opened.body)
-        except NetworkSideError as exc:
+        except ContractError as exc:
             log.warning("undecodable notification: %s", exc.code)
             return
         if isinstance(message, ContextRemovedNotification):

@@ -37,7 +37,3 @@ class UnexpectedReplyError(AsSideError):
     """A verified message that is not a valid answer to the request (wrong type or body)."""
 
     code = "unexpected_reply"
-
-
-class ConfigError(AsSideError):
-    code = "config_error"

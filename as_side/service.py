@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from akma_contract.topology import (
+    DEAD_LETTER_EXCHANGE,
+    NETWORK_IDENTITY,
+    REQUEST_EXCHANGE,
+    inbox_queue,
+)
 from as_side.client import AkmaKeyClient
 from as_side.ua_server import UaServer
+from broker_adapter.clock import system_clock_ms
 from broker_adapter.envelope import OpenedMessage
-from broker_adapter.runtime import SecureParty, system_clock_ms
+from broker_adapter.runtime import SecureParty
 from broker_adapter.secure import SecureRequester
-
-
-def inbox_queue(identity: str) -> str:
-    """The AF's own queue for answers and notifications (docs/architecture.md)."""
-    return f"af.{identity}.inbox"
 
 
 @dataclass
@@ -29,7 +31,7 @@ class AfService:
         party: SecureParty,
         *,
         af_id: bytes,
-        network: str = "network",
+        network: str = NETWORK_IDENTITY,
         timeout_s: float = 5.0,
         attempts: int = 3,
         ua_port: int | None = None,
@@ -44,8 +46,8 @@ class AfService:
             party.endpoint,
             party.connection,
             inbox_queue(party.endpoint.identity),
-            request_exchange="akma.requests",
-            dead_letter_exchange="akma.dlx",
+            request_exchange=REQUEST_EXCHANGE,
+            dead_letter_exchange=DEAD_LETTER_EXCHANGE,
             on_notification=on_notification,
         )
         client = AkmaKeyClient(

@@ -3,14 +3,15 @@ named by ``AKMA_AF_CONFIG_FILE`` (the environment wins)."""
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from akma_contract.identifiers import UA_TLS13_SHARED_KEY
+from akma_contract.topology import NETWORK_IDENTITY
 from broker_adapter.config import EnvAndTomlSettings
 from broker_adapter.runtime import SecuritySettings
 from broker_adapter.transport import BrokerSettings
+from broker_adapter.worker import EventLoopChoice
 
 
 class AfSettings(EnvAndTomlSettings):
@@ -22,8 +23,8 @@ class AfSettings(EnvAndTomlSettings):
     security: SecuritySettings
     # The AF_ID this AF asks keys for: its FQDN and the Ua* security protocol id (hex, 5 octets).
     af_fqdn: str
-    ua_protocol_id: str = "0100000007"
-    network: str = "network"
+    ua_protocol_id: str = UA_TLS13_SHARED_KEY.hex()
+    network: str = NETWORK_IDENTITY
     request_timeout_s: float = Field(default=5.0, gt=0)
     request_attempts: int = Field(default=3, ge=1, le=10)
     # Local port of the Ua* stand-in where UEs present their A-KID (None: no Ua endpoint).
@@ -33,4 +34,4 @@ class AfSettings(EnvAndTomlSettings):
     metrics_port: int | None = None
     log_level: str = "INFO"
     # "auto": uvloop where installed, else asyncio's loop (broker_adapter.worker.run_worker).
-    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
+    event_loop: EventLoopChoice = "auto"

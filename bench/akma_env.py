@@ -22,7 +22,7 @@ from bench.common import (
     Child,
     Deployment,
 )
-from broker_adapter.runtime import system_clock_ms
+from broker_adapter.clock import system_clock_ms
 from network_side.aanf import Aanf
 from network_side.context_store import SqliteContextStore
 from network_side.ue_sim import UeSimulator

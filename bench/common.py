@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from akma_contract import topology
 from broker_adapter.runtime import SecuritySettings
 from broker_adapter.transport import BrokerSettings
 from infra.endpoint import BrokerEndpoint
@@ -24,14 +25,14 @@ from infra.management import Management
 from infra.pki import PkiLayout
 
 REPO = Path(__file__).resolve().parents[1]
-NETWORK = "network"
+NETWORK = topology.NETWORK_IDENTITY
 AF = "af1.example.com"
 AF_FQDN = AF
-REQUEST_EXCHANGE = "akma.requests"
-REPLY_EXCHANGE = "akma.replies"
-DEAD_LETTERS = "akma.dlx"
-REQUEST_QUEUE = "network.requests"
-AF_INBOX = f"af.{AF}.inbox"
+REQUEST_EXCHANGE = topology.REQUEST_EXCHANGE
+REPLY_EXCHANGE = topology.REPLY_EXCHANGE
+DEAD_LETTERS = topology.DEAD_LETTER_EXCHANGE
+REQUEST_QUEUE = topology.NETWORK_REQUEST_QUEUE
+AF_INBOX = topology.inbox_queue(AF)
 VHOST = "akma"
 BODY_BYTES = 200
 

@@ -25,6 +25,9 @@ from typing import Any, Self
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
+from akma_contract import topology
+from akma_contract.identifiers import UA_TLS13_SHARED_KEY, make_af_id
+from akma_contract.messages import AkmaAfKeyData, AkmaAfKeyRequest, decode_body
 from as_side.client import AkmaKeyClient
 from bench.akma_env import AkmaFixture, NetworkWorkers, purge_queues
 from bench.common import (
@@ -37,12 +40,11 @@ from bench.common import (
     Child,
     Deployment,
 )
-from broker_adapter.runtime import open_secure_party, system_clock_ms
-from broker_adapter.secure import SecureRequester
 from bench.plain_rpc import RpcClient
+from broker_adapter.clock import system_clock_ms
+from broker_adapter.runtime import open_secure_party
+from broker_adapter.secure import SecureRequester
 from broker_adapter.transport import Publisher, connect
-from network_side.akma import UA_TLS13_SHARED_KEY, make_af_id
-from network_side.messages import AkmaAfKeyData, AkmaAfKeyRequest, decode_body
 
 Call = Callable[[int], Awaitable[None]]
 
@@ -114,7 +116,8 @@ async def _secured_phase(dep: Deployment, akma: AkmaFixture, cfg: LatencyConfig,
         )
         requester = SecureRequester(
             party.endpoint, party.connection, AF_INBOX,
-            request_exchange="akma.requests", dead_letter_exchange="akma.dlx")
+            request_exchange=topology.REQUEST_EXCHANGE,
+            dead_letter_exchange=topology.DEAD_LETTER_EXCHANGE)
         # max_cached=0: every call is a network request, as the brief asks (cache disabled).
         client = AkmaKeyClient(requester, af_id=make_af_id(AF, UA_TLS13_SHARED_KEY),
                                clock_ms=system_clock_ms, max_cached=0)

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.redis_util import RedisPrefix
+from broker_adapter.clock import system_clock_ms
 from broker_adapter.envelope import DEFAULT_SKEW_MS, DEFAULT_WINDOW_MS
 from broker_adapter.replay import ClaimRequest, ReplayGuard, ReplayStore
-from broker_adapter.replay_stores import system_clock_ms
 from broker_adapter.replay_stores.sqlite import SqliteReplayStore
 
 SENDER = "af1.example.com"

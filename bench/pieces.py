@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from bench import envelope_bench as eb
+from broker_adapter.clock import system_clock_ms
 from broker_adapter.codec import EnvelopeCodec
 from broker_adapter.envelope import EnvelopePolicy
 from broker_adapter.replay import Claim, ClaimRequest, ReplayGuard
-from broker_adapter.replay_stores import SqliteReplayStore, system_clock_ms
+from broker_adapter.replay_stores import SqliteReplayStore
 from broker_adapter.suites import DEFAULT_SUITE_NAME
 
 BODY_BYTES = 120  # about an AKMA key request or answer body

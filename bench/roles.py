@@ -41,6 +41,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from akma_contract.messages import decode_body
 from bench.common import (
     DEAD_LETTERS,
     NETWORK,
@@ -50,9 +51,10 @@ from bench.common import (
     emit,
 )
 from bench.plain_rpc import each
+from broker_adapter.clock import system_clock_ms
 from broker_adapter.envelope import OpenedMessage
 from broker_adapter.pipeline import SecureReceiver
-from broker_adapter.runtime import SecuritySettings, open_secure_party, system_clock_ms
+from broker_adapter.runtime import SecuritySettings, open_secure_party
 from broker_adapter.transport import (
     BrokerSettings,
     Consumer,
@@ -67,7 +69,6 @@ from network_side.aanf import Aanf, AanfConfig
 from network_side.af_registry import AfRegistry
 from network_side.audit import AuditLog
 from network_side.context_store import SqliteContextStore
-from network_side.messages import decode_body
 from network_side.nef import Nef
 from network_side.settings import read_master_key
 

@@ -17,11 +17,11 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
+from akma_contract.identifiers import UA_TLS13_SHARED_KEY, make_af_id
+from akma_contract.messages import AkmaAfKeyRequest
 from bench.akma_env import AkmaFixture, NetworkWorkers, purge_queues
 from bench.common import AF, AF_INBOX, NETWORK, REQUEST_EXCHANGE, REQUEST_QUEUE, Deployment
 from broker_adapter.runtime import SecureParty, open_secure_party
-from network_side.akma import UA_TLS13_SHARED_KEY, make_af_id
-from network_side.messages import AkmaAfKeyRequest
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 The broker loads this file at boot (``load_definitions``), so clients never declare the shared
 topology themselves: they only declare queues passively, and the permissions below stop them from
-creating or binding anything outside their own name prefix. The names follow
-``docs/architecture.md``; this module is the single place that turns them into broker objects.
+creating or binding anything outside their own name prefix. The names are the
+contract's (``akma_contract.topology``); this module is the single place that turns them into
+broker objects.
 
 Pure apart from ``write_definitions`` and the command line: the admin password's salt is passed in
 (``salt``) or drawn from ``secrets`` by the caller-facing helpers.
@@ -23,33 +24,25 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from akma_contract.topology import (
+    DEAD_LETTER_EXCHANGE,
+    DEAD_LETTER_QUEUE,
+    REPLY_EXCHANGE,
+    REQUEST_EXCHANGE,
+    af_queue_prefix,
+    inbox_queue,
+    request_queue,
+)
 from infra.errors import PkiError
 from infra.pki import DEFAULT_NETWORK, PkiLayout, validate_identity
 
 VHOST = "akma"
-REQUESTS_EXCHANGE = "akma.requests"
-REPLIES_EXCHANGE = "akma.replies"
-DLX_EXCHANGE = "akma.dlx"
-DEAD_LETTER_QUEUE = "akma.dead-letters"
 POLICY_NAME = "akma-queues"
 DELIVERY_LIMIT = 5
 ADMIN_USER = "admin"
 PASSWORD_HASHING = "rabbit_password_hashing_sha256"
 
 JsonDict = dict[str, Any]
-
-
-def requests_queue(network: str = DEFAULT_NETWORK) -> str:
-    return f"{network}.requests"
-
-
-def af_inbox_queue(af: str) -> str:
-    return f"af.{af}.inbox"
-
-
-def af_queue_prefix(af: str) -> str:
-    """Every queue an AF may create or read starts with this (e.g. ``af.af1.example.com.``)."""
-    return f"af.{af}."
 
 
 def rabbit_password_hash(password: str, salt: bytes) -> str:
@@ -123,7 +116,7 @@ def build_definitions(
     if not admin_password:
         raise PkiError("the admin password must not be empty")
     afs = list(dict.fromkeys(afs))
-    net_q = requests_queue(network)
+    net_q = request_queue(network)
 
     users = [_user(network)] + [_user(af) for af in afs]
     users.append(
@@ -137,16 +130,16 @@ def build_definitions(
     # Writes are checked against the exchange, reads against the queue, configure against
     # whatever is declared or deleted. The network may not create anything; an AF may create
     # queues (and nothing else) under its own prefix, for example a private reply queue.
-    dlx = re.escape(DLX_EXCHANGE)
+    dlx = re.escape(DEAD_LETTER_EXCHANGE)
     permissions = [
         _permission(
-            network, "^$", f"^({re.escape(REPLIES_EXCHANGE)}|{dlx})$", f"^{re.escape(net_q)}$"
+            network, "^$", f"^({re.escape(REPLY_EXCHANGE)}|{dlx})$", f"^{re.escape(net_q)}$"
         ),
         *(
             _permission(
                 af,
                 f"^{re.escape(af_queue_prefix(af))}",
-                f"^({re.escape(REQUESTS_EXCHANGE)}|{dlx})$",
+                f"^({re.escape(REQUEST_EXCHANGE)}|{dlx})$",
                 f"^{re.escape(af_queue_prefix(af))}",
             )
             for af in afs
@@ -155,11 +148,11 @@ def build_definitions(
         _permission(ADMIN_USER, ".*", ".*", ".*"),
     ]
 
-    queues = [_queue(net_q), *(_queue(af_inbox_queue(af)) for af in afs), _queue(DEAD_LETTER_QUEUE)]
+    queues = [_queue(net_q), *(_queue(inbox_queue(af)) for af in afs), _queue(DEAD_LETTER_QUEUE)]
     bindings = [
-        _binding(REQUESTS_EXCHANGE, net_q, network),
-        *(_binding(REPLIES_EXCHANGE, af_inbox_queue(af), af) for af in afs),
-        _binding(DLX_EXCHANGE, DEAD_LETTER_QUEUE, ""),
+        _binding(REQUEST_EXCHANGE, net_q, network),
+        *(_binding(REPLY_EXCHANGE, inbox_queue(af), af) for af in afs),
+        _binding(DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, ""),
     ]
     policy = {
         "vhost": VHOST,
@@ -169,7 +162,10 @@ def build_definitions(
         "pattern": f"^({re.escape(network)}|af)\\.",
         "apply-to": "queues",
         "priority": 0,
-        "definition": {"delivery-limit": DELIVERY_LIMIT, "dead-letter-exchange": DLX_EXCHANGE},
+        "definition": {
+            "delivery-limit": DELIVERY_LIMIT,
+            "dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+        },
     }
     return {
         "users": users,
@@ -180,9 +176,9 @@ def build_definitions(
         "global_parameters": [],
         "policies": [policy],
         "exchanges": [
-            _exchange(REQUESTS_EXCHANGE, "direct"),
-            _exchange(REPLIES_EXCHANGE, "direct"),
-            _exchange(DLX_EXCHANGE, "fanout"),
+            _exchange(REQUEST_EXCHANGE, "direct"),
+            _exchange(REPLY_EXCHANGE, "direct"),
+            _exchange(DEAD_LETTER_EXCHANGE, "fanout"),
         ],
         "queues": queues,
         "bindings": bindings,

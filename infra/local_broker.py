@@ -39,8 +39,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Self
 
+from akma_contract.topology import request_queue
 from infra.broker_config import ENABLED_PLUGINS, ListenerSettings, render_conf
-from infra.definitions import VHOST, requests_queue, write_definitions
+from infra.definitions import VHOST, write_definitions
 from infra.endpoint import BrokerEndpoint
 from infra.errors import BrokerNotInstalledError, BrokerStartError, BrokerStateError
 from infra.pki import PkiLayout, ensure_dev_pki
@@ -155,7 +156,7 @@ def probe_amqp(endpoint: BrokerEndpoint, party: str, timeout: float = 5.0) -> No
     with socket.create_connection((endpoint.host, endpoint.port), timeout=timeout):
         pass
     ctx = client_ssl_context(endpoint.pki, party)
-    queue = requests_queue(endpoint.pki.network)
+    queue = request_queue(endpoint.pki.network)
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         pool.submit(asyncio.run, _amqp_probe(endpoint.amqp_url, ctx, queue, timeout)).result()
 

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple
 
+from akma_contract.messages import AkmaAfKeyData, AkmaAfKeyRequest, AkmaKeyInfo
 from network_side.akid import parse_akid
 from network_side.akma import derive_k_af, parse_af_id
 from network_side.audit import AuditLog
 from network_side.context_store import AkmaContext, ContextStore
 from network_side.errors import ConfigError, ContextExpiredError, UnknownAkidError
-from network_side.messages import AkmaAfKeyData, AkmaAfKeyRequest, AkmaKeyInfo
 
 __all__ = ["Aanf", "AanfConfig", "AfToNotify", "IdentityExposure", "RegisterOutcome"]
 

@@ -16,8 +16,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from akma_contract.errors import InvalidAfIdError
 from network_side.akma import make_af_id, validate_fqdn
-from network_side.errors import ConfigError, InvalidAfIdError
+from network_side.errors import ConfigError
 
 __all__ = ["AfEntry", "AfKind", "AfRegistry"]
 

@@ -24,8 +24,8 @@ from __future__ import annotations
 import re
 from typing import Final, NamedTuple
 
+from akma_contract.errors import InvalidAfIdError, InvalidAkidError
 from network_side.akma import KEY_LEN, validate_fqdn
-from network_side.errors import InvalidAfIdError, InvalidAkidError
 
 __all__ = ["MAX_NAI_LEN", "Akid", "format_akid", "home_network_realm", "parse_akid"]
 

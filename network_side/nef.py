@@ -14,12 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from network_side.aanf import Aanf, AfToNotify, IdentityExposure
-from network_side.af_registry import AfKind, AfRegistry
-from network_side.akma import parse_af_id
-from network_side.audit import AuditLog
-from network_side.errors import InvalidAfIdError, InvalidRequestError, NotFoundError, StoreError
-from network_side.messages import (
+from akma_contract.errors import InvalidAfIdError, InvalidRequestError
+from akma_contract.messages import (
     AkmaAfKeyData,
     AkmaAfKeyRequest,
     AkmaKeyInfo,
@@ -31,6 +27,11 @@ from network_side.messages import (
     KeyNotFound,
     Rejected,
 )
+from network_side.aanf import Aanf, AfToNotify, IdentityExposure
+from network_side.af_registry import AfKind, AfRegistry
+from network_side.akma import parse_af_id
+from network_side.audit import AuditLog
+from network_side.errors import NotFoundError, StoreError
 
 __all__ = ["Decision", "HandlerResult", "Nef", "Outcome", "TokenBucket"]
 

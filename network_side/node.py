@@ -13,12 +13,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from broker_adapter.runtime import (
-    SecureParty,
-    SecuritySettings,
-    open_secure_party,
-    system_clock_ms,
-)
+from broker_adapter.clock import system_clock_ms
+from broker_adapter.runtime import SecureParty, SecuritySettings, open_secure_party
 from broker_adapter.transport import BrokerSettings
 from network_side.aanf import Aanf, AanfConfig
 from network_side.af_registry import AfRegistry

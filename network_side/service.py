@@ -13,11 +13,12 @@ import time
 
 from prometheus_client import Counter, Histogram
 
+from akma_contract.errors import REJECT_INVALID_REQUEST, ContractError
+from akma_contract.messages import Rejected, decode_body
+from akma_contract.topology import DEAD_LETTER_EXCHANGE, NETWORK_REQUEST_QUEUE, REPLY_EXCHANGE
 from broker_adapter.envelope import OpenedMessage
 from broker_adapter.runtime import SecureParty
 from broker_adapter.secure import Reply, SecureResponder
-from network_side.errors import NetworkSideError
-from network_side.messages import Rejected, decode_body
 from network_side.nef import Nef
 
 log = logging.getLogger("network_side.service")
@@ -39,10 +40,6 @@ NOTIFICATIONS = Counter(
     ["outcome"],
 )
 
-REQUEST_QUEUE = "network.requests"
-REPLY_EXCHANGE = "akma.replies"
-DEAD_LETTER_EXCHANGE = "akma.dlx"
-
 
 class NetworkService:
     def __init__(
@@ -50,7 +47,7 @@ class NetworkService:
         party: SecureParty,
         nef: Nef,
         *,
-        queue: str = REQUEST_QUEUE,
+        queue: str = NETWORK_REQUEST_QUEUE,
         reply_exchange: str = REPLY_EXCHANGE,
         prefetch: int = 64,
     ) -> None:
@@ -73,12 +70,12 @@ class NetworkService:
         started = time.perf_counter()
         try:
             message = decode_body(opened.msg_type, opened.body)
-        except NetworkSideError as exc:
+        except ContractError as exc:
             # A well-sealed message from a trusted party that is not a valid request: answer
             # "invalid request" (the sender deserves an answer) and keep the detail in our log.
             log.warning("invalid request body", extra={"sender": opened.sender, "reason": exc.code})
             REQUESTS.labels(request="invalid", answer=Rejected.MSG_TYPE).inc()
-            rejected = Rejected(reason="invalid_request")
+            rejected = Rejected(reason=REJECT_INVALID_REQUEST)
             return Reply(rejected.MSG_TYPE, rejected.to_body())
         result = self._nef.handle(opened.sender, message)
         for af_identity, notification in result.notifications:

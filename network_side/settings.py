@@ -7,7 +7,6 @@ named by ``AKMA_NET_CONFIG_FILE`` supplies the same keys; the environment wins o
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -15,6 +14,7 @@ from pydantic_settings import SettingsConfigDict
 from broker_adapter.config import EnvAndTomlSettings
 from broker_adapter.runtime import SecuritySettings
 from broker_adapter.transport import BrokerSettings
+from broker_adapter.worker import EventLoopChoice
 
 
 class NetworkSettings(EnvAndTomlSettings):
@@ -34,7 +34,7 @@ class NetworkSettings(EnvAndTomlSettings):
     metrics_port: int | None = None
     log_level: str = "INFO"
     # "auto": uvloop where installed, else asyncio's loop (broker_adapter.worker.run_worker).
-    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
+    event_loop: EventLoopChoice = "auto"
 
 
 def read_master_key(path: Path) -> bytes:

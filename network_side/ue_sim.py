@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from akma_contract.messages import AkmaKeyInfo
 from network_side.akid import format_akid
 from network_side.akma import derive_a_tid, derive_k_af, derive_k_akma, make_af_id
-from network_side.messages import AkmaKeyInfo
 
 __all__ = ["UeSimulator"]
 

@@ -2,8 +2,8 @@
 
 The contract under test is h11's: any input either decodes or raises the component's own error
 class, nothing else. For the envelope decoder (``EnvelopeCodec.decode`` over ``open_envelope``)
-that is ``EnvelopeError``; for the message models (``network_side.messages.decode_body``) it is
-``NetworkSideError``. Anything else escaping is a bug, and so is a mutated envelope that opens
+that is ``EnvelopeError``; for the message models (``akma_contract.messages.decode_body``) it is
+``ContractError``. Anything else escaping is a bug, and so is a mutated envelope that opens
 (a forgery).
 
 The seed corpus is real: envelopes sealed by the codec in every suite of the registry
@@ -39,6 +39,22 @@ import msgpack  # type: ignore[import-untyped]
 from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mlkem, x25519
 
+from akma_contract.errors import ContractError
+from akma_contract.identifiers import UA_TLS13_SHARED_KEY, make_af_id
+from akma_contract.messages import (
+    MESSAGE_TYPES,
+    AkmaAfKeyData,
+    AkmaAfKeyRequest,
+    AkmaKeyInfo,
+    AkmaMessage,
+    AnchorKeyRegistered,
+    ContextRemovedNotification,
+    ContextRemoveDone,
+    CtxRemove,
+    KeyNotFound,
+    Rejected,
+    decode_body,
+)
 from broker_adapter.codec import EnvelopeCodec
 from broker_adapter.envelope import (
     EnvelopePolicy,
@@ -53,22 +69,6 @@ from broker_adapter.identity import LocalIdentity, RecipientKey
 from broker_adapter.suites import SUITES, KemPrivateKey, SignatureAlgorithm, Suite
 from broker_adapter.trust import TrustMaterial, TrustStore
 from infra import pki
-from network_side.akma import UA_TLS13_SHARED_KEY, make_af_id
-from network_side.errors import NetworkSideError
-from network_side.messages import (
-    MESSAGE_TYPES,
-    AkmaAfKeyData,
-    AkmaAfKeyRequest,
-    AkmaKeyInfo,
-    AkmaMessage,
-    AnchorKeyRegistered,
-    ContextRemovedNotification,
-    ContextRemoveDone,
-    CtxRemove,
-    KeyNotFound,
-    Rejected,
-    decode_body,
-)
 
 __all__ = [
     "FuzzReport",
@@ -529,6 +529,6 @@ def fuzz_models(count: int, *, seed: int = 0) -> FuzzReport:
         if rng.random() < 0.002:
             data = data * (16 * 1024 // max(1, len(data)) + 1)  # past the size cap
         report.by_layer["body"] += 1
-        run_target(report, functools.partial(decode_body, kind, data), NetworkSideError, data)
+        run_target(report, functools.partial(decode_body, kind, data), ContractError, data)
     report.seconds = time.perf_counter() - started
     return report

@@ -52,9 +52,20 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pamqp import commands as spec
 from prometheus_client import REGISTRY
 
+from akma_contract import topology
+from akma_contract.identifiers import UA_TLS13_SHARED_KEY, make_af_id
+from akma_contract.messages import (
+    AkmaAfKeyData,
+    AkmaAfKeyRequest,
+    AkmaMessage,
+    AnchorKeyRegistered,
+    Rejected,
+    decode_body,
+)
+from broker_adapter.clock import system_clock_ms
 from broker_adapter.envelope import OpenedMessage
 from broker_adapter.identity import LocalIdentity, kid_of, load_local_identity
-from broker_adapter.runtime import SecureParty, SecuritySettings, open_secure_party, system_clock_ms
+from broker_adapter.runtime import SecureParty, SecuritySettings, open_secure_party
 from broker_adapter.secure import Reply, SecureRequester
 from broker_adapter.transport import BrokerSettings, OutgoingMessage
 from infra.endpoint import BrokerEndpoint
@@ -71,17 +82,8 @@ from infra.pki import (
 )
 from network_side.aanf import Aanf
 from network_side.af_registry import AfRegistry
-from network_side.akma import UA_TLS13_SHARED_KEY, make_af_id
 from network_side.audit import AuditLog
 from network_side.context_store import SqliteContextStore
-from network_side.messages import (
-    AkmaAfKeyData,
-    AkmaAfKeyRequest,
-    AkmaMessage,
-    AnchorKeyRegistered,
-    Rejected,
-    decode_body,
-)
 from network_side.nef import HandlerResult, Nef
 from network_side.node import start_network_node
 from network_side.service import NetworkService
@@ -95,9 +97,11 @@ log = logging.getLogger("reliability.hostile")
 AFS = ("af1.example.com", "af2.example.com", "af3.example.com")
 AUSF = "ausf"
 VHOST = "akma"
-REQUEST_EXCHANGE = "akma.requests"
-REQUEST_QUEUE = "network.requests"
-DEAD_LETTER_QUEUE = "akma.dead-letters"
+REQUEST_EXCHANGE = topology.REQUEST_EXCHANGE
+REQUEST_QUEUE = topology.NETWORK_REQUEST_QUEUE
+DEAD_LETTER_QUEUE = topology.DEAD_LETTER_QUEUE
+NETWORK = topology.NETWORK_IDENTITY
+ROUTING_KEY = topology.NETWORK_ROUTING_KEY
 REALM = "5gc.mnc001.mcc001.3gppnetwork.org"
 EXAMPLE_REGISTRY = Path(__file__).resolve().parents[1] / "infra" / "af-registry.example.toml"
 
@@ -257,7 +261,7 @@ class Client:
     ]:
         """Send ``message``; return the decoded answer and the request's signed id."""
         answer = await self.requester.request(
-            "network", "network", message.MSG_TYPE, message.to_body(), timeout_s=timeout_s
+            NETWORK, ROUTING_KEY, message.MSG_TYPE, message.to_body(), timeout_s=timeout_s
         )
         assert answer.correlation_id is not None
         return decode_body(answer.msg_type, answer.body), answer.correlation_id
@@ -265,10 +269,10 @@ class Client:
     async def capture(self, message: AkmaMessage) -> Captured:
         """Seal and publish a valid request as the AF would, keeping the exact bytes."""
         sealed = self.party.endpoint.codec.encode(
-            recipient="network", msg_type=message.MSG_TYPE, body=message.to_body()
+            recipient=NETWORK, msg_type=message.MSG_TYPE, body=message.to_body()
         )
         await self.party.endpoint.publish_sealed(
-            REQUEST_EXCHANGE, "network", sealed.data, sealed.msg_id, msg_type=message.MSG_TYPE
+            REQUEST_EXCHANGE, ROUTING_KEY, sealed.data, sealed.msg_id, msg_type=message.MSG_TYPE
         )
         return Captured(self.name, sealed.data, sealed.msg_id, sealed.timestamp_ms)
 
@@ -336,8 +340,9 @@ async def deploy(
         for name in (*afs, AUSF):
             party = await _open_party(env, name)
             requester = SecureRequester(
-                party.endpoint, party.connection, f"af.{name}.inbox",
-                request_exchange="akma.requests", dead_letter_exchange="akma.dlx")
+                party.endpoint, party.connection, topology.inbox_queue(name),
+                request_exchange=topology.REQUEST_EXCHANGE,
+                dead_letter_exchange=topology.DEAD_LETTER_EXCHANGE)
             clients[name] = Client(name, party, requester)
             await requester.start()
             started.append(requester)
@@ -499,7 +504,9 @@ class HostilePublisher:
     async def publish(self, hostile: Hostile, message_id: str) -> None:
         if hostile.with_user_id:
             await self._parties[hostile.publisher].publisher.publish(
-                REQUEST_EXCHANGE, "network", OutgoingMessage(body=hostile.data, message_id=message_id)
+                REQUEST_EXCHANGE,
+                ROUTING_KEY,
+                OutgoingMessage(body=hostile.data, message_id=message_id),
             )
             return
         exchange = self._raw.get(hostile.publisher)
@@ -511,7 +518,7 @@ class HostilePublisher:
             exchange = await channel.get_exchange(REQUEST_EXCHANGE, ensure=False)
             self._raw[hostile.publisher] = exchange
         await exchange.publish(
-            aio_pika.Message(body=hostile.data, message_id=message_id), routing_key="network",
+            aio_pika.Message(body=hostile.data, message_id=message_id), routing_key=ROUTING_KEY,
             mandatory=True,
         )
 
@@ -853,7 +860,7 @@ async def _read_other_queues(env: Environment, attacker: str, victim: str) -> li
         for queue, how in (
             (REQUEST_QUEUE, "consume"),
             (REQUEST_QUEUE, "get"),
-            (f"af.{victim}.inbox", "consume"),
+            (topology.inbox_queue(victim), "consume"),
             (DEAD_LETTER_QUEUE, "consume"),
         ):
             offset = _log_size(env)
@@ -894,7 +901,7 @@ async def _forge_user_id(
                 await channel.basic_publish(
                     b"forged",
                     exchange=REQUEST_EXCHANGE,
-                    routing_key="network",
+                    routing_key=ROUTING_KEY,
                     mandatory=True,
                     properties=spec.Basic.Properties(
                         user_id=name, message_id=f"forged-user-id-{name}"

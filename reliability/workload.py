@@ -33,12 +33,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from akma_contract import topology
+from akma_contract.identifiers import UA_TLS13_SHARED_KEY, make_af_id
+from akma_contract.messages import AkmaAfKeyRequest, decode_body
 from as_side.client import AkmaKeyClient
 from as_side.errors import AsSideError, KeyRequestTimeoutError
 from as_side.service import AfService
+from broker_adapter.clock import system_clock_ms
 from broker_adapter.envelope import OpenedMessage
 from broker_adapter.errors import BrokerAdapterError
-from broker_adapter.runtime import SecureParty, SecuritySettings, open_secure_party, system_clock_ms
+from broker_adapter.runtime import SecureParty, SecuritySettings, open_secure_party
 from broker_adapter.secure import Reply
 from broker_adapter.transport import BrokerSettings
 from infra.local_broker import LocalBroker
@@ -46,24 +50,22 @@ from infra.management import Management
 from infra.pki import PkiLayout, ensure_dev_pki
 from network_side.aanf import Aanf, AanfConfig
 from network_side.af_registry import AfRegistry
-from network_side.akma import UA_TLS13_SHARED_KEY, make_af_id
 from network_side.context_store import SqliteContextStore
-from network_side.messages import AkmaAfKeyRequest, decode_body
 from network_side.nef import Nef
 from network_side.node import NetworkNode, start_network_node
 from network_side.service import NetworkService
 from network_side.ue_sim import UeSimulator
 
 REPO = Path(__file__).resolve().parents[1]
-NETWORK = "network"
+NETWORK = topology.NETWORK_IDENTITY
 AUSF = "ausf"
 AF1 = "af1.example.com"
 AF2 = "af2.example.com"
 DEFAULT_AFS = (AF1, AF2)
 REALM = "5gc.mnc001.mcc001.3gppnetwork.org"
 VHOST = "akma"
-DEAD_LETTER_QUEUE = "akma.dead-letters"
-REQUEST_QUEUE = "network.requests"
+DEAD_LETTER_QUEUE = topology.DEAD_LETTER_QUEUE
+REQUEST_QUEUE = topology.NETWORK_REQUEST_QUEUE
 
 
 # ---- a deployment's files ---------------------------------------------------------------------

@@ -27,8 +27,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from akma_contract import topology
+from akma_contract.identifiers import UA_TLS13_SHARED_KEY, make_af_id
+from akma_contract.messages import AkmaAfKeyRequest, AkmaKeyInfo, decode_body
+from akma_contract.topology import (
+    DEAD_LETTER_QUEUE,
+    NETWORK_IDENTITY,
+    NETWORK_REQUEST_QUEUE,
+    NETWORK_ROUTING_KEY,
+    REQUEST_EXCHANGE,
+    inbox_queue,
+)
 from as_side.errors import KeyRequestRejectedError
-from as_side.service import AfService, inbox_queue
+from as_side.service import AfService
 from as_side.ua_server import key_proof, ua_request
 from broker_adapter.runtime import SecuritySettings, open_secure_party
 from broker_adapter.secure import SecureRequester
@@ -37,12 +48,11 @@ from infra.endpoint import BrokerEndpoint
 from infra.local_broker import LocalBroker
 from infra.management import Management
 from infra.pki import PkiLayout, ensure_dev_pki
-from network_side.akma import UA_TLS13_SHARED_KEY, make_af_id
-from network_side.messages import AkmaAfKeyRequest, AkmaKeyInfo, decode_body
 from network_side.ue_sim import UeSimulator
 
 REPO = Path(__file__).resolve().parents[1]
-AF1, AF2, AUSF, NETWORK = "af1.example.com", "af2.example.com", "ausf", "network"
+AF1, AF2, AUSF = "af1.example.com", "af2.example.com", "ausf"
+NETWORK = NETWORK_IDENTITY
 REALM = "5gc.mnc001.mcc001.3gppnetwork.org"
 REGISTRY = REPO / "infra" / "af-registry.example.toml"
 
@@ -179,7 +189,8 @@ class Demo:
         ausf = await open_secure_party(self.broker_settings(pki, endpoint, AUSF), self.security(pki, AUSF))
         requester = SecureRequester(
             ausf.endpoint, ausf.connection, inbox_queue(AUSF),
-            request_exchange="akma.requests", dead_letter_exchange="akma.dlx")
+            request_exchange=topology.REQUEST_EXCHANGE,
+            dead_letter_exchange=topology.DEAD_LETTER_EXCHANGE)
         await requester.start()
         try:
             info: AkmaKeyInfo = ue.anchor_key_info()
@@ -216,7 +227,8 @@ class Demo:
         self.step("Where to look")
         print(f"   management UI : {endpoint.management_url}  (user admin, password in "
               f"{pki.admin_password_file})")
-        print("   queues        : network.requests, af.<fqdn>.inbox, akma.dead-letters "
+        print(f"   queues        : {NETWORK_REQUEST_QUEUE}, {inbox_queue('<fqdn>')}, "
+              f"{DEAD_LETTER_QUEUE} "
               "(x-akma-reason header on each dead letter)")
         print(f"   worker logs   : {self.work}/*.log (JSON lines; audit logger 'akma.audit')")
 
@@ -241,9 +253,13 @@ class Demo:
                                     'request="akma.af_key.request",answer="akma.af_key.data"')
             dups = lambda: metric(metrics_port, "akma_secure_duplicates_total", 'kind="done"')
             before_served, before_dups = served(), dups()
-            await party.endpoint.publish_sealed("akma.requests", NETWORK, data, msg_id, msg_type=own.MSG_TYPE)
+            await party.endpoint.publish_sealed(
+                REQUEST_EXCHANGE, NETWORK_ROUTING_KEY, data, msg_id, msg_type=own.MSG_TYPE
+            )
             await wait_until(lambda: served() > before_served)
-            await party.endpoint.publish_sealed("akma.requests", NETWORK, data, msg_id, msg_type=own.MSG_TYPE)
+            await party.endpoint.publish_sealed(
+                REQUEST_EXCHANGE, NETWORK_ROUTING_KEY, data, msg_id, msg_type=own.MSG_TYPE
+            )
             await wait_until(lambda: dups() > before_dups)
             self.check(served() - before_served == 1 and dups() - before_dups == 1,
                        "the same envelope sent twice was processed once (the replay was "
@@ -253,7 +269,8 @@ class Demo:
             tampered[len(tampered) // 2] ^= 0x01
             tampered_id = os.urandom(16)
             await party.endpoint.publish_sealed(
-                "akma.requests", NETWORK, bytes(tampered), tampered_id, msg_type=own.MSG_TYPE
+                REQUEST_EXCHANGE, NETWORK_ROUTING_KEY, bytes(tampered), tampered_id,
+                msg_type=own.MSG_TYPE,
             )
             reason = await dead_letter_reason(mgmt, tampered_id.hex())
             self.check(reason is not None, f"a tampered envelope was dead-lettered, reason: {reason}")
@@ -303,7 +320,7 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> No
 async def dead_letter_reason(mgmt: Management, message_id: str, timeout: float = 15.0) -> str | None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for item in mgmt.get_messages("akma", "akma.dead-letters", requeue=True):
+        for item in mgmt.get_messages("akma", DEAD_LETTER_QUEUE, requeue=True):
             props: dict[str, Any] = item.get("properties", {})
             if props.get("message_id") == message_id:
                 reason = props.get("headers", {}).get("x-akma-reason")

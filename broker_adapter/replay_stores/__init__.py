@@ -12,14 +12,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from broker_adapter.clock import system_clock_ms
 from broker_adapter.replay_stores.memory import MemoryReplayStore
 from broker_adapter.replay_stores.sqlite import SqliteReplayStore
 
 if TYPE_CHECKING:
     from broker_adapter.replay_stores.redis import RedisReplayStore
 
-__all__ = ["MemoryReplayStore", "RedisReplayStore", "SqliteReplayStore", "system_clock_ms"]
+__all__ = ["MemoryReplayStore", "RedisReplayStore", "SqliteReplayStore"]
 
 
 def __getattr__(name: str) -> Any:

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-
 @dataclass(frozen=True)
 class Delivery:
     body: bytes

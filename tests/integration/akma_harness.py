@@ -16,16 +16,19 @@ from typing import Any
 
 from prometheus_client import REGISTRY as METRICS
 
-from as_side.service import AfService, inbox_queue
-from broker_adapter.runtime import SecureParty, SecuritySettings, open_secure_party, system_clock_ms
+from akma_contract import topology
+from akma_contract.identifiers import UA_TLS13_SHARED_KEY, make_af_id
+from akma_contract.messages import AkmaKeyInfo, AnchorKeyRegistered, CtxRemove, decode_body
+from akma_contract.topology import inbox_queue
+from as_side.service import AfService
+from broker_adapter.clock import system_clock_ms
+from broker_adapter.runtime import SecureParty, SecuritySettings, open_secure_party
 from broker_adapter.secure import SecureRequester
 from broker_adapter.transport import Ack, Consumer, Delivery, Outcome
 from infra.pki import PkiLayout
 from network_side.aanf import AanfConfig
 from network_side.af_registry import AfRegistry
-from network_side.akma import UA_TLS13_SHARED_KEY, make_af_id
 from network_side.context_store import SqliteContextStore
-from network_side.messages import AkmaKeyInfo, AnchorKeyRegistered, CtxRemove, decode_body
 from network_side.node import NetworkNode, start_network_node
 from tests.integration.support import Management, party_settings
 
@@ -107,7 +110,8 @@ async def ausf(broker: Any, pki: PkiLayout, workdir: Path) -> AsyncIterator[Ausf
     party = await open_party(broker, pki, "ausf", workdir)
     requester = SecureRequester(
         party.endpoint, party.connection, inbox_queue("ausf"),
-        request_exchange="akma.requests", dead_letter_exchange="akma.dlx")
+        request_exchange=topology.REQUEST_EXCHANGE,
+        dead_letter_exchange=topology.DEAD_LETTER_EXCHANGE)
     await requester.start()
     try:
         yield Ausf(requester, pki.network)
@@ -138,8 +142,8 @@ class Ausf:
 # ---- helpers for the failure and operation tests (additive) -------------------------------------
 
 VHOST = "akma"
-REQUEST_QUEUE = "network.requests"
-DEAD_LETTER_QUEUE = "akma.dead-letters"
+REQUEST_QUEUE = topology.NETWORK_REQUEST_QUEUE
+DEAD_LETTER_QUEUE = topology.DEAD_LETTER_QUEUE
 
 
 class ShiftedClock:

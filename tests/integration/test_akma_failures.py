@@ -16,25 +16,31 @@ from typing import Any
 
 import pytest
 
-from as_side.errors import KeyRequestRejectedError
-from as_side.service import inbox_queue
-from broker_adapter.envelope import OpenedMessage
-from broker_adapter.runtime import SecureParty
-from broker_adapter.pipeline import SecureReceiver
-from broker_adapter.secure import SecureRequester
-from broker_adapter.transport import Delivery
-from broker_adapter.verdict import Ack
-from network_side.af_registry import AfRegistry
-from network_side.akma import UA_TLS13_SHARED_KEY, make_af_id
-from network_side.context_store import SqliteContextStore
-from network_side.errors import StoreError
-from network_side.messages import (
+from akma_contract import topology
+from akma_contract.identifiers import UA_TLS13_SHARED_KEY, make_af_id
+from akma_contract.messages import (
     AkmaAfKeyData,
     AkmaAfKeyRequest,
     CtxRemove,
     Rejected,
     decode_body,
 )
+from akma_contract.topology import (
+    NETWORK_IDENTITY,
+    NETWORK_ROUTING_KEY,
+    REQUEST_EXCHANGE,
+    inbox_queue,
+)
+from as_side.errors import KeyRequestRejectedError
+from broker_adapter.envelope import OpenedMessage
+from broker_adapter.pipeline import SecureReceiver
+from broker_adapter.runtime import SecureParty
+from broker_adapter.secure import SecureRequester
+from broker_adapter.transport import Delivery
+from broker_adapter.verdict import Ack
+from network_side.af_registry import AfRegistry
+from network_side.context_store import SqliteContextStore
+from network_side.errors import StoreError
 from network_side.nef import Nef
 from network_side.node import start_network_node
 from network_side.service import NetworkService
@@ -65,7 +71,9 @@ def _seal_request(
 
 
 async def _publish(party: SecureParty, data: bytes, msg_id: bytes, msg_type: str) -> None:
-    await party.endpoint.publish_sealed("akma.requests", "network", data, msg_id, msg_type=msg_type)
+    await party.endpoint.publish_sealed(
+        REQUEST_EXCHANGE, NETWORK_ROUTING_KEY, data, msg_id, msg_type=msg_type
+    )
 
 
 # ---- parties outside their role ------------------------------------------------------------------
@@ -88,7 +96,7 @@ async def test_af_not_in_the_registry_is_unauthorized(
         # per inbox, so no answer can go to the wrong waiter).
         request = _key_request(ue, AF1)
         answer = await af3.requester.request(
-            "network", "network", request.MSG_TYPE, request.to_body(), timeout_s=5
+            NETWORK_IDENTITY, NETWORK_ROUTING_KEY, request.MSG_TYPE, request.to_body(), timeout_s=5
         )
         reply = decode_body(answer.msg_type, answer.body)
         assert isinstance(reply, Rejected) and reply.reason == "unauthorized"
@@ -103,7 +111,8 @@ async def test_an_af_cannot_act_as_the_ausf(broker: Any, pki: Any, tmp_path: Pat
         forged = _ue("imsi-001010000000023").anchor_key_info()
         for message in (forged, CtxRemove(supi=ue.supi)):
             answer = await af1.requester.request(
-                "network", "network", message.MSG_TYPE, message.to_body(), timeout_s=5
+                NETWORK_IDENTITY, NETWORK_ROUTING_KEY, message.MSG_TYPE, message.to_body(),
+                timeout_s=5,
             )
             reply = decode_body(answer.msg_type, answer.body)
             assert isinstance(reply, Rejected) and reply.reason == "unauthorized"
@@ -179,7 +188,8 @@ async def test_requester_takes_one_answer_per_request_and_drops_repeats(
         party = await h.open_party(broker, pki, AF1, tmp_path)
         requester = SecureRequester(
             party.endpoint, party.connection, AF1_INBOX,
-            request_exchange="akma.requests", dead_letter_exchange="akma.dlx")
+            request_exchange=topology.REQUEST_EXCHANGE,
+            dead_letter_exchange=topology.DEAD_LETTER_EXCHANGE)
         sealed: list[tuple[bytes, bytes]] = []
         seal = party.endpoint.seal_now
 
@@ -195,7 +205,8 @@ async def test_requester_takes_one_answer_per_request_and_drops_repeats(
             before = h.metric_total("akma_secure_unmatched_answers_total", unmatched)
             handled = h.metric_total(REQUESTS)
             answer = await requester.request(
-                "network", "network", request.MSG_TYPE, request.to_body(), timeout_s=5
+                NETWORK_IDENTITY, NETWORK_ROUTING_KEY, request.MSG_TYPE, request.to_body(),
+                timeout_s=5,
             )
             data = decode_body(answer.msg_type, answer.body)
             assert isinstance(data, AkmaAfKeyData)

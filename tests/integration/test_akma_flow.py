@@ -10,14 +10,15 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from as_side.errors import KeyNotFoundError, KeyRequestRejectedError
-from network_side.aanf import AanfConfig
-from network_side.akma import UA_TLS13_SHARED_KEY
-from network_side.messages import (
+from akma_contract.identifiers import UA_TLS13_SHARED_KEY
+from akma_contract.messages import (
     AnchorKeyRegistered,
     ContextRemovedNotification,
     ContextRemoveDone,
 )
+from akma_contract.topology import REPLY_EXCHANGE, REQUEST_EXCHANGE, inbox_queue
+from as_side.errors import KeyNotFoundError, KeyRequestRejectedError
+from network_side.aanf import AanfConfig
 from network_side.ue_sim import UeSimulator
 from tests.integration import akma_harness as h
 
@@ -218,7 +219,7 @@ async def test_notification_during_a_fetch_keeps_its_answer_out_of_the_cache(
     broker: Any, pki: Any, tmp_path: Path
 ) -> None:
     ue = _ue("imsi-001010000000019")
-    inbox = "af.af1.example.com.inbox"
+    inbox = inbox_queue("af1.example.com")
     master_key = os.urandom(32)
     h.purge(h.management(broker, pki), h.REQUEST_QUEUE, inbox)
     async with h.network(broker, pki, tmp_path, master_key=master_key), \
@@ -227,11 +228,11 @@ async def test_notification_during_a_fetch_keeps_its_answer_out_of_the_cache(
     async with h.af(broker, pki, "af1.example.com", tmp_path) as af1:
         # The network is down, so af1's request waits in the queue: a fetch in flight.
         published = h.metric_total(
-            "akma_broker_published_total", {"exchange": "akma.requests", "outcome": "confirmed"}
+            "akma_broker_published_total", {"exchange": REQUEST_EXCHANGE, "outcome": "confirmed"}
         )
         fetch = asyncio.create_task(af1.client.get_application_key(ue.a_kid))
         await h.wait_until(lambda: h.metric_total(
-            "akma_broker_published_total", {"exchange": "akma.requests", "outcome": "confirmed"}
+            "akma_broker_published_total", {"exchange": REQUEST_EXCHANGE, "outcome": "confirmed"}
         ) > published)
 
         # Meanwhile the context is removed and af1 is told so (sealed by the network party)
@@ -241,7 +242,7 @@ async def test_notification_during_a_fetch_keeps_its_answer_out_of_the_cache(
         accepted = h.metric_total("akma_secure_accepted_total", seen)
         notifier = await h.open_party(broker, pki, pki.network, tmp_path)
         try:
-            await notifier.endpoint.send("akma.replies", "af1.example.com", "af1.example.com",
+            await notifier.endpoint.send(REPLY_EXCHANGE, "af1.example.com", "af1.example.com",
                                          note.MSG_TYPE, note.to_body())
         finally:
             await notifier.close()

@@ -25,6 +25,15 @@ import aiormq.abc
 import pytest
 from pamqp import commands as spec
 
+from akma_contract.topology import (
+    DEAD_LETTER_EXCHANGE,
+    DEAD_LETTER_QUEUE,
+    NETWORK_REQUEST_QUEUE,
+    NETWORK_ROUTING_KEY,
+    REPLY_EXCHANGE,
+    REQUEST_EXCHANGE,
+    inbox_queue,
+)
 from infra.endpoint import BrokerEndpoint
 from infra.local_broker import LocalBroker
 from infra.pki import PkiLayout, ensure_dev_pki
@@ -158,12 +167,12 @@ def test_tls_1_1_is_refused_by_the_broker(broker: BrokerEndpoint) -> None:
 
 async def test_af_consumes_its_own_inbox(af1: aiormq.abc.AbstractConnection) -> None:
     channel = await af1.channel()
-    ok = await channel.basic_consume(f"af.{AF1}.inbox", lambda _m: None)  # type: ignore[arg-type, return-value]
+    ok = await channel.basic_consume(inbox_queue(AF1), lambda _m: None)  # type: ignore[arg-type, return-value]
     assert ok.consumer_tag is not None
     await channel.basic_cancel(ok.consumer_tag)
 
 
-@pytest.mark.parametrize("queue", ["network.requests", f"af.{AF2}.inbox", "akma.dead-letters"])
+@pytest.mark.parametrize("queue", [NETWORK_REQUEST_QUEUE, inbox_queue(AF2), DEAD_LETTER_QUEUE])
 async def test_af_cannot_consume_other_queues(
     af1: aiormq.abc.AbstractConnection, queue: str
 ) -> None:
@@ -178,7 +187,7 @@ async def test_network_cannot_consume_an_af_inbox(
 ) -> None:
     channel = await network.channel()
     with pytest.raises(aiormq.exceptions.ChannelAccessRefused):
-        await channel.basic_consume(f"af.{AF1}.inbox", lambda _m: None)  # type: ignore[arg-type, return-value]
+        await channel.basic_consume(inbox_queue(AF1), lambda _m: None)  # type: ignore[arg-type, return-value]
 
 
 async def test_af_may_declare_queues_under_its_own_prefix(
@@ -196,7 +205,7 @@ async def test_af_may_declare_queues_under_its_own_prefix(
     [
         f"af.{AF2}.stolen",  # another AF's prefix
         f"af.{AF1}x.inbox",  # prefix look-alike: the dot after the name is required
-        "network.requests.copy",
+        f"{NETWORK_REQUEST_QUEUE}.copy",
         "free-for-all",
     ],
 )
@@ -217,7 +226,7 @@ async def test_af_cannot_bind_its_queue_to_the_replies_exchange(
     name = f"af.{AF1}.tap-{uuid.uuid4().hex}"
     await channel.queue_declare(name, exclusive=True, auto_delete=True)
     with pytest.raises(aiormq.exceptions.ChannelAccessRefused):
-        await channel.queue_bind(name, "akma.replies", routing_key=AF2)
+        await channel.queue_bind(name, REPLY_EXCHANGE, routing_key=AF2)
 
 
 async def test_af_cannot_publish_to_the_replies_exchange(
@@ -227,7 +236,7 @@ async def test_af_cannot_publish_to_the_replies_exchange(
     with pytest.raises(aiormq.exceptions.ChannelAccessRefused) as refused:
         await channel.basic_publish(
             b"forged response",
-            exchange="akma.replies",
+            exchange=REPLY_EXCHANGE,
             routing_key=AF2,
             properties=spec.Basic.Properties(user_id=AF1),
         )
@@ -244,7 +253,7 @@ async def _take_from_network_queue(
     channel = await network.channel()
     try:
         for _ in range(100):
-            message = await channel.basic_get("network.requests", no_ack=False)
+            message = await channel.basic_get(NETWORK_REQUEST_QUEUE, no_ack=False)
             if message.delivery_tag is None:
                 return None
             if message.header.properties.message_id == marker:
@@ -263,8 +272,8 @@ async def test_publish_with_own_user_id_is_accepted(
     marker = uuid.uuid4().hex
     confirmation = await channel.basic_publish(
         b"ciphertext",
-        exchange="akma.requests",
-        routing_key="network",
+        exchange=REQUEST_EXCHANGE,
+        routing_key=NETWORK_ROUTING_KEY,
         mandatory=True,
         properties=spec.Basic.Properties(user_id=AF1, message_id=marker),
     )
@@ -286,8 +295,8 @@ async def test_publish_with_another_partys_user_id_is_refused(
     with pytest.raises(aiormq.exceptions.ChannelPreconditionFailed) as refused:
         await channel.basic_publish(
             b"ciphertext",
-            exchange="akma.requests",
-            routing_key="network",
+            exchange=REQUEST_EXCHANGE,
+            routing_key=NETWORK_ROUTING_KEY,
             mandatory=True,
             properties=spec.Basic.Properties(user_id=claimed, message_id=marker),
         )
@@ -323,20 +332,22 @@ def test_management_api_over_https_for_admin(broker: BrokerEndpoint) -> None:
     status, body = _management_get(broker, "/api/queues/akma", broker.admin_password())
     assert status == 200
     queues = {q["name"]: q for q in json.loads(body)}
-    assert queues["network.requests"]["type"] == "quorum"
-    assert queues["akma.dead-letters"]["type"] == "quorum"
+    assert queues[NETWORK_REQUEST_QUEUE]["type"] == "quorum"
+    assert queues[DEAD_LETTER_QUEUE]["type"] == "quorum"
     status, body = _management_get(
         broker, "/api/policies/akma/akma-queues", broker.admin_password()
     )
     assert status == 200
     policy = json.loads(body)
-    assert policy["definition"] == {"dead-letter-exchange": "akma.dlx", "delivery-limit": 5}
+    assert policy["definition"] == {
+        "dead-letter-exchange": DEAD_LETTER_EXCHANGE, "delivery-limit": 5
+    }
     # The policy covers the request and inbox queues but never the dead-letter queue itself,
     # so a dead letter cannot be dead-lettered again. (Per-queue "policy" fields appear only
     # once the management statistics have been collected, so the pattern is checked here.)
     pattern = re.compile(policy["pattern"])
-    assert pattern.search("network.requests") and pattern.search(f"af.{AF1}.inbox")
-    assert not pattern.search("akma.dead-letters")
+    assert pattern.search(NETWORK_REQUEST_QUEUE) and pattern.search(inbox_queue(AF1))
+    assert not pattern.search(DEAD_LETTER_QUEUE)
 
 
 def test_management_api_refuses_a_wrong_password(broker: BrokerEndpoint) -> None:
@@ -376,8 +387,8 @@ async def test_crashed_node_restarts_on_same_port_with_its_messages(
     channel = await publisher.channel(publisher_confirms=True)
     confirmation = await channel.basic_publish(
         b"survives a crash",
-        exchange="akma.requests",
-        routing_key="network",
+        exchange=REQUEST_EXCHANGE,
+        routing_key=NETWORK_ROUTING_KEY,
         mandatory=True,
         properties=spec.Basic.Properties(user_id=AF1, message_id=marker, delivery_mode=2),
     )

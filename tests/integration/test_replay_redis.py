@@ -22,6 +22,7 @@ from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
 
+from broker_adapter.clock import system_clock_ms
 from broker_adapter.replay import (
     Claim,
     ClaimOutcome,
@@ -32,7 +33,7 @@ from broker_adapter.replay import (
     ReplayGuard,
     ReplayStoreError,
 )
-from broker_adapter.replay_stores import RedisReplayStore, system_clock_ms
+from broker_adapter.replay_stores import RedisReplayStore
 from broker_adapter.replay_stores.redis import key_ttl_ms
 from tests.unit import test_replay_contract as contract
 from tests.unit.test_replay_contract import claim_one, complete_one, connect_redis, make_guard

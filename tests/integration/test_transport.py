@@ -12,8 +12,16 @@ from typing import Any
 import aio_pika
 import pytest
 
-from broker_adapter.errors import BrokerConfigError, PublishReturnedError
+from akma_contract.topology import (
+    DEAD_LETTER_QUEUE,
+    NETWORK_REQUEST_QUEUE,
+    NETWORK_ROUTING_KEY,
+    REPLY_EXCHANGE,
+    REQUEST_EXCHANGE,
+    inbox_queue,
+)
 from bench.plain_rpc import RpcClient, each
+from broker_adapter.errors import BrokerConfigError, PublishReturnedError
 from broker_adapter.transport import (
     Consumer,
     Delivery,
@@ -22,9 +30,9 @@ from broker_adapter.transport import (
     connect,
 )
 from broker_adapter.transport.connection import amqp_url
+from broker_adapter.transport.consumer import BatchHandler
 from broker_adapter.transport.raw_consume import RawConsumeChannel
 from broker_adapter.transport.tls import client_ssl_context
-from broker_adapter.transport.consumer import BatchHandler
 from broker_adapter.verdict import Ack, DeadLetter, Outcome, Requeue
 from tests.integration.support import DLX, Management, party_settings
 
@@ -43,7 +51,7 @@ def mgmt(broker: Any, pki: Any) -> Management:
 @pytest.fixture
 async def clean_queues(mgmt: Management) -> None:
     # The session broker is shared; start every test from empty work queues.
-    for queue in ("network.requests", f"af.{AF}.inbox"):
+    for queue in (NETWORK_REQUEST_QUEUE, inbox_queue(AF)):
         mgmt.purge(VHOST, queue)
 
 
@@ -92,7 +100,7 @@ async def _dead_letters_with(mgmt: Management, message_id: str, timeout: float =
     deadline = asyncio.get_running_loop().time() + timeout
     seen: list[dict[str, Any]] = []
     while asyncio.get_running_loop().time() < deadline:
-        for item in mgmt.get_messages(VHOST, "akma.dead-letters"):
+        for item in mgmt.get_messages(VHOST, DEAD_LETTER_QUEUE):
             seen.append(item)
             if item["properties"].get("message_id") == message_id:
                 return item
@@ -120,20 +128,20 @@ async def test_handler_rejection_lands_in_dead_letters_with_reason(
         seen.set()
         return DeadLetter("bad_signature", "signature did not verify")
 
-    await parties[NET].consume("network.requests", refuse)
+    await parties[NET].consume(NETWORK_REQUEST_QUEUE, refuse)
     message = _msg(b"forged")
-    await parties[AF].publisher.publish("akma.requests", "network", message)
+    await parties[AF].publisher.publish(REQUEST_EXCHANGE, NETWORK_ROUTING_KEY, message)
     await asyncio.wait_for(seen.wait(), 10)
 
     item = await _dead_letters_with(mgmt, message.message_id)
     headers = item["properties"]["headers"]
     assert headers["x-akma-reason"] == "bad_signature"
-    assert headers["x-akma-queue"] == "network.requests"
+    assert headers["x-akma-queue"] == NETWORK_REQUEST_QUEUE
     assert headers["x-akma-consumer"] == NET
     assert headers["x-akma-original-user-id"] == AF
     assert base64.b64decode(item["payload"]) == b"forged"
     # Nothing is left behind in the work queue (management stats lag by a few seconds).
-    await _wait_for_count(mgmt, "network.requests", 0)
+    await _wait_for_count(mgmt, NETWORK_REQUEST_QUEUE, 0)
 
 
 async def test_poison_message_is_dead_lettered_after_delivery_limit(
@@ -151,14 +159,14 @@ async def test_poison_message_is_dead_lettered_after_delivery_limit(
         done.set()
         return Ack()
 
-    await parties[NET].consume("network.requests", always_fails, requeue_backoff_s=0.01)
+    await parties[NET].consume(NETWORK_REQUEST_QUEUE, always_fails, requeue_backoff_s=0.01)
     poison = _msg(b"poison")
-    await parties[AF].publisher.publish("akma.requests", "network", poison)
+    await parties[AF].publisher.publish(REQUEST_EXCHANGE, NETWORK_ROUTING_KEY, poison)
 
     item = await _dead_letters_with(mgmt, poison.message_id, timeout=30)
     deaths = item["properties"]["headers"]["x-death"]
     assert deaths[0]["reason"] == "delivery_limit"
-    assert deaths[0]["queue"] == "network.requests"
+    assert deaths[0]["queue"] == NETWORK_REQUEST_QUEUE
     # The policy allows 5 redeliveries: the first delivery plus five, then it stops.
     assert 2 <= attempts <= 6
     # The worker is still alive and serves the next message.
@@ -176,8 +184,8 @@ async def test_transient_failure_is_retried_then_succeeds(parties: dict[str, Par
         ok.set()
         return Ack()
 
-    await parties[NET].consume("network.requests", flaky, requeue_backoff_s=0.01)
-    await parties[AF].publisher.publish("akma.requests", "network", _msg())
+    await parties[NET].consume(NETWORK_REQUEST_QUEUE, flaky, requeue_backoff_s=0.01)
+    await parties[AF].publisher.publish(REQUEST_EXCHANGE, NETWORK_ROUTING_KEY, _msg())
     await asyncio.wait_for(ok.wait(), 10)
     assert len(calls) == 3
     assert calls[-1] >= 2  # quorum queues count redeliveries in x-delivery-count
@@ -185,14 +193,14 @@ async def test_transient_failure_is_retried_then_succeeds(parties: dict[str, Par
 
 async def test_unroutable_publish_is_an_error(parties: dict[str, Party]) -> None:
     with pytest.raises(PublishReturnedError):
-        await parties[AF].publisher.publish("akma.requests", "no-such-route", _msg())
+        await parties[AF].publisher.publish(REQUEST_EXCHANGE, "no-such-route", _msg())
 
 
 async def test_request_response_is_routed_by_validated_user_id(parties: dict[str, Party]) -> None:
     async def respond(delivery: Delivery) -> Outcome:
         assert delivery.user_id == AF
         await parties[NET].publisher.publish(
-            "akma.replies",
+            REPLY_EXCHANGE,
             delivery.user_id,
             OutgoingMessage(
                 body=b"pong:" + delivery.body,
@@ -202,12 +210,12 @@ async def test_request_response_is_routed_by_validated_user_id(parties: dict[str
         )
         return Ack()
 
-    await parties[NET].consume("network.requests", respond)
-    client = RpcClient(parties[AF].connection, parties[AF].publisher, f"af.{AF}.inbox")
+    await parties[NET].consume(NETWORK_REQUEST_QUEUE, respond)
+    client = RpcClient(parties[AF].connection, parties[AF].publisher, inbox_queue(AF))
     await client.start()
     try:
         answers = await asyncio.gather(
-            *(client.request("akma.requests", "network", b"ping%d" % i, timeout_s=10)
+            *(client.request(REQUEST_EXCHANGE, NETWORK_ROUTING_KEY, b"ping%d" % i, timeout_s=10)
               for i in range(20))
         )
         assert sorted(a.body for a in answers) == sorted(b"pong:ping%d" % i for i in range(20))
@@ -225,8 +233,8 @@ async def test_recovers_after_broker_restart(
         await received.put(delivery.body)
         return Ack()
 
-    await parties[NET].consume("network.requests", record)
-    await parties[AF].publisher.publish("akma.requests", "network", _msg(b"before"))
+    await parties[NET].consume(NETWORK_REQUEST_QUEUE, record)
+    await parties[AF].publisher.publish(REQUEST_EXCHANGE, NETWORK_ROUTING_KEY, _msg(b"before"))
     assert await asyncio.wait_for(received.get(), 10) == b"before"
 
     await asyncio.to_thread(broker_node.restart)
@@ -235,7 +243,9 @@ async def test_recovers_after_broker_restart(
     deadline = asyncio.get_running_loop().time() + 60
     while True:
         try:
-            await parties[AF].publisher.publish("akma.requests", "network", _msg(b"after"))
+            await parties[AF].publisher.publish(
+                REQUEST_EXCHANGE, NETWORK_ROUTING_KEY, _msg(b"after")
+            )
             break
         except Exception:
             if asyncio.get_running_loop().time() > deadline:
@@ -264,13 +274,13 @@ async def test_concurrent_publishes_share_socket_writes_and_all_arrive_intact(
             done.set()
         return Ack()
 
-    await parties[NET].consume("network.requests", record)
+    await parties[NET].consume(NETWORK_REQUEST_QUEUE, record)
     af = parties[AF]
     stats = af.connection.write_stats
     chunks0, writes0 = stats.chunks, stats.writes
     messages = [_msg(b"body-%d-" % i + secrets.token_bytes(64)) for i in range(count)]
     await asyncio.gather(
-        *(af.publisher.publish("akma.requests", "network", m) for m in messages)
+        *(af.publisher.publish(REQUEST_EXCHANGE, NETWORK_ROUTING_KEY, m) for m in messages)
     )
     await asyncio.wait_for(done.wait(), 30)
     assert received == {m.message_id: m.body for m in messages}
@@ -286,7 +296,7 @@ async def test_stock_connection_is_available_without_coalescing(broker: Any, pki
     try:
         assert not hasattr(connection, "write_stats")
         publisher = Publisher(connection, AF, confirm_timeout_s=5)
-        await publisher.publish("akma.requests", "network", _msg(b"stock"))
+        await publisher.publish(REQUEST_EXCHANGE, NETWORK_ROUTING_KEY, _msg(b"stock"))
         await publisher.close()
     finally:
         await connection.close()
@@ -318,11 +328,11 @@ async def test_a_cut_link_does_not_cancel_a_handling_under_way(
             finished.append(True)
         return Ack()
 
-    consumer = Consumer(net_conn, "network.requests", each(slow),
+    consumer = Consumer(net_conn, NETWORK_REQUEST_QUEUE, each(slow),
                         publisher=Publisher(net_conn, NET), dead_letter_exchange=DLX, prefetch=4)
     try:
         await consumer.start()
-        await af_pub.publish("akma.requests", "network", _msg(b"under way"))
+        await af_pub.publish(REQUEST_EXCHANGE, NETWORK_ROUTING_KEY, _msg(b"under way"))
         await asyncio.wait_for(started.wait(), 10)
         assert proxy.cut() >= 1
         await asyncio.sleep(0.5)  # the client has seen the link go
@@ -368,15 +378,15 @@ async def test_a_batch_handler_settles_each_delivery_by_its_own_outcome(
     bodies = [b"ok%d" % i for i in range(10)] + [b"bad", b"flaky"]
     messages = [_msg(body) for body in bodies]
     for message in messages:
-        await parties[AF].publisher.publish("akma.requests", "network", message)
+        await parties[AF].publisher.publish(REQUEST_EXCHANGE, NETWORK_ROUTING_KEY, message)
     # Published before consuming: the prefetched deliveries arrive in few socket reads.
-    await parties[NET].consume_batches("network.requests", decide, prefetch=32)
+    await parties[NET].consume_batches(NETWORK_REQUEST_QUEUE, decide, prefetch=32)
     await asyncio.wait_for(all_done.wait(), 15)
     assert any(len(b) > 1 for b in batches), batches
     assert seen[b"flaky"] == 2 and all(seen[b] == 1 for b in bodies if b != b"flaky")
     item = await _dead_letters_with(mgmt, messages[10].message_id)
     assert item["properties"]["headers"]["x-akma-reason"] == "bad_signature"
-    await _wait_for_count(mgmt, "network.requests", 0)
+    await _wait_for_count(mgmt, NETWORK_REQUEST_QUEUE, 0)
 
 
 async def test_a_failing_batch_handler_requeues_its_whole_batch(parties: dict[str, Party]) -> None:
@@ -391,8 +401,8 @@ async def test_a_failing_batch_handler_requeues_its_whole_batch(parties: dict[st
             redelivered.set()
         return [Ack() for _ in batch]
 
-    await parties[AF].publisher.publish("akma.requests", "network", _msg(b"once"))
-    await parties[NET].consume_batches("network.requests", broken_once)
+    await parties[AF].publisher.publish(REQUEST_EXCHANGE, NETWORK_ROUTING_KEY, _msg(b"once"))
+    await parties[NET].consume_batches(NETWORK_REQUEST_QUEUE, broken_once)
     await asyncio.wait_for(redelivered.wait(), 10)
 
 
@@ -405,13 +415,13 @@ async def _one_delivery(connection: Any, publisher_party: Party, body: bytes) ->
             got.set_result(delivery)
         return Ack()
 
-    consumer = Consumer(connection, "network.requests", each(record),
+    consumer = Consumer(connection, NETWORK_REQUEST_QUEUE, each(record),
                         publisher=Publisher(connection, NET, confirm_timeout_s=5),
                         dead_letter_exchange=DLX)
     await consumer.start()
     try:
         await publisher_party.publisher.publish(
-            "akma.requests", "network",
+            REQUEST_EXCHANGE, NETWORK_ROUTING_KEY,
             OutgoingMessage(body=body, message_id=secrets.token_hex(16),
                             correlation_id=secrets.token_hex(16), msg_type="akma.test",
                             headers={"x-trace": "t1"}),
@@ -428,13 +438,13 @@ async def test_deliveries_straight_from_aiormq_carry_every_field(
     handler sees every field aio-pika would have given it, and the delivery is acked."""
     assert parties[NET].connection.CHANNEL_CLASS is RawConsumeChannel
     d = await _one_delivery(parties[NET].connection, parties[AF], b"raw path")
-    assert d.body == b"raw path" and d.queue == "network.requests"
+    assert d.body == b"raw path" and d.queue == NETWORK_REQUEST_QUEUE
     assert d.user_id == AF and d.msg_type == "akma.test"
-    assert d.exchange == "akma.requests" and d.routing_key == "network"
+    assert d.exchange == REQUEST_EXCHANGE and d.routing_key == NETWORK_ROUTING_KEY
     assert d.headers.get("x-trace") == "t1" and d.redelivered is False
     assert d.message_id is not None and d.correlation_id is not None
     assert d.delivery_count == 0
-    await _wait_for_count(mgmt, "network.requests", 0)
+    await _wait_for_count(mgmt, NETWORK_REQUEST_QUEUE, 0)
 
 
 async def test_a_consumer_refuses_a_connection_that_is_not_ours(broker: Any, pki: Any) -> None:
@@ -443,7 +453,7 @@ async def test_a_consumer_refuses_a_connection_that_is_not_ours(broker: Any, pki
         amqp_url(settings), ssl_context=client_ssl_context(
             settings.ca_file, settings.cert_file, settings.key_file))
     try:
-        consumer = Consumer(foreign, "network.requests", each(_ack_all),
+        consumer = Consumer(foreign, NETWORK_REQUEST_QUEUE, each(_ack_all),
                             publisher=Publisher(foreign, NET, confirm_timeout_s=5),
                             dead_letter_exchange=DLX)
         with pytest.raises(BrokerConfigError, match="broker_adapter.transport.connect"):

@@ -20,9 +20,10 @@ from typing import Any
 
 import pytest
 
+from akma_contract.identifiers import UA_TLS13_SHARED_KEY
+from akma_contract.topology import inbox_queue
 from as_side.ua_server import key_proof, ua_request
 from infra.pki import PkiLayout
-from network_side.akma import UA_TLS13_SHARED_KEY
 from network_side.ue_sim import UeSimulator
 from tests.integration import akma_harness as h
 
@@ -148,7 +149,7 @@ class Deployment:
 async def deployment(broker: Any, pki: PkiLayout, tmp_path: Path) -> AsyncIterator[Deployment]:
     # Earlier tests on the shared broker may have left requests behind for a network that is
     # gone; the worker must start from an empty queue for the metric assertions.
-    h.purge(h.management(broker, pki), h.REQUEST_QUEUE, f"af.{AF1}.inbox", f"af.{AF2}.inbox")
+    h.purge(h.management(broker, pki), h.REQUEST_QUEUE, inbox_queue(AF1), inbox_queue(AF2))
     master_key = tmp_path / "master.key"
     master_key.write_text(os.urandom(32).hex() + "\n")
     master_key.chmod(0o600)

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from akma_contract.errors import ContractError
+from akma_contract.messages import MESSAGE_TYPES, AkmaMessage, decode_body
 from broker_adapter.envelope_errors import EnvelopeError
-from network_side.errors import NetworkSideError
-from network_side.messages import MESSAGE_TYPES, AkmaMessage, decode_body
 from reliability import fuzz
 from reliability.result import SMALL
 
@@ -47,7 +47,7 @@ def test_envelope_decoder_only_raises_envelope_errors(world: fuzz.FuzzWorld) -> 
     assert report.outcomes["accepted"] > 0
 
 
-def test_message_models_only_raise_network_side_errors() -> None:
+def test_message_models_only_raise_contract_errors() -> None:
     report = fuzz.fuzz_models(SMALL.fuzz_inputs, seed=3)
     assert report.inputs == SMALL.fuzz_inputs
     assert report.escape_count == 0, report.escapes
@@ -146,7 +146,7 @@ def test_hypothesis_model_values(msg_type: str, value: Any) -> None:
     body = msgpack.packb(value, use_bin_type=True)
     try:
         assert isinstance(decode_body(msg_type, body), AkmaMessage)
-    except NetworkSideError:
+    except ContractError:
         pass
 
 
@@ -157,5 +157,5 @@ def test_hypothesis_model_byte_mutants(data: st.DataObject) -> None:
     body = data.draw(byte_mutants([b for _, b in _MODEL_SEEDS]))
     try:
         decode_body(msg_type, body)
-    except NetworkSideError:
+    except ContractError:
         pass

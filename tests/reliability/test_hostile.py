@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from akma_contract.topology import DEAD_LETTER_QUEUE, NETWORK_REQUEST_QUEUE, inbox_queue
 from reliability.attacker import CATEGORIES
 from reliability.hostile import Environment, run_hostile_input, run_legit_af_abuse
 from reliability.result import SMALL
@@ -55,8 +56,8 @@ async def test_abuse_by_a_legitimate_af_is_refused_and_logged(env: Environment) 
     result = await run_legit_af_abuse(env, SMALL)
     assert result.extra["failures"] == [], result.notes
     names = {a["name"]: a for a in result.extra["attempts"]}
-    for name in ("consume network.requests", "get network.requests",
-                 "consume af.af1.example.com.inbox", "consume akma.dead-letters",
+    for name in (f"consume {NETWORK_REQUEST_QUEUE}", f"get {NETWORK_REQUEST_QUEUE}",
+                 f"consume {inbox_queue('af1.example.com')}", f"consume {DEAD_LETTER_QUEUE}",
                  "publish as af1.example.com", "publish as network", "replay by its sender",
                  "replay-other", "replay-conflict"):
         assert names[name]["refused"], name

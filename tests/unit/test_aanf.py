@@ -7,18 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from akma_contract.errors import InvalidAfIdError, InvalidAkidError
+from akma_contract.messages import AkmaAfKeyRequest, AkmaKeyInfo
 from network_side.aanf import Aanf, AanfConfig, AfToNotify, IdentityExposure
 from network_side.akma import UA_TLS13_SHARED_KEY, derive_k_af, make_af_id
 from network_side.context_store import SqliteContextStore
-from network_side.errors import (
-    ConfigError,
-    ContextExpiredError,
-    InvalidAfIdError,
-    InvalidAkidError,
-    NotFoundError,
-    UnknownAkidError,
-)
-from network_side.messages import AkmaAfKeyRequest, AkmaKeyInfo
+from network_side.errors import ConfigError, ContextExpiredError, NotFoundError, UnknownAkidError
 from network_side.ue_sim import UeSimulator
 
 REALM = "5gc.mnc001.mcc001.3gppnetwork.org"

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from akma_contract.errors import InvalidAkidError
 from network_side.akid import MAX_NAI_LEN, Akid, format_akid, home_network_realm, parse_akid
-from network_side.errors import InvalidAkidError
 
 A_TID = bytes.fromhex("67d8dee47b7d74e6f457b7b23d5806746ed87b920aa8035f37b494c1bfc5d83b")
 REALM = "5gc.mnc001.mcc001.3gppnetwork.org"

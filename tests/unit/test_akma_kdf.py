@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from akma_contract.errors import InvalidAfIdError, InvalidKeyError, InvalidSupiError
 from network_side.akid import format_akid
 from network_side.akma import (
     FC_K_AKMA,
@@ -23,7 +24,6 @@ from network_side.akma import (
     parse_af_id,
     validate_fqdn,
 )
-from network_side.errors import InvalidAfIdError, InvalidKeyError, InvalidSupiError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VECTORS = REPO_ROOT / "tests" / "vectors"

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from akma_contract.errors import InvalidAkidError, InvalidKeyError, InvalidSupiError
+from akma_contract.messages import AkmaAfKeyData, AkmaAfKeyRequest, decode_body
 from network_side.aanf import Aanf
 from network_side.af_registry import AfRegistry
 from network_side.akid import parse_akid
 from network_side.akma import UA_TLS13_SHARED_KEY, derive_a_tid, make_af_id
 from network_side.context_store import SqliteContextStore
-from network_side.errors import InvalidAkidError, InvalidKeyError, InvalidSupiError
-from network_side.messages import AkmaAfKeyData, AkmaAfKeyRequest, decode_body
 from network_side.nef import Nef
 from network_side.ue_sim import UeSimulator
 

@@ -1,4 +1,4 @@
-"""The AKMA message contract (network_side.messages)."""
+"""The AKMA message contract (akma_contract.messages)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from network_side.errors import InvalidBodyError, UnknownMessageTypeError
-from network_side.messages import (
+from akma_contract.errors import InvalidBodyError, UnknownMessageTypeError
+from akma_contract.messages import (
     MAX_BODY_LEN,
     MESSAGE_TYPES,
     REPLY_TYPES,
@@ -219,16 +219,18 @@ def test_structured_garbage_decodes_or_raises_invalid_body(
         pass
 
 
-def test_contract_imports_no_network_internals() -> None:
-    """The AF side imports this module; it must not drag in the AAnF/NEF or any I/O shell."""
+def test_contract_imports_no_side_and_no_io() -> None:
+    """Both sides import the contract; it must drag in neither side nor any I/O shell."""
     code = (
-        "import sys, network_side.messages; "
-        "print(','.join(sorted(m for m in sys.modules if m.startswith(('network_side', 'aio_pika', "
-        "'broker_adapter', 'sqlite3')))))"
+        "import sys, akma_contract.messages, akma_contract.topology; "
+        "print(','.join(sorted(m for m in sys.modules if m.startswith(('akma_contract', "
+        "'network_side', 'as_side', 'aio_pika', 'broker_adapter', 'sqlite3')))))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().split(",") == [
-        "network_side",
-        "network_side.errors",
-        "network_side.messages",
+        "akma_contract",
+        "akma_contract.errors",
+        "akma_contract.identifiers",
+        "akma_contract.messages",
+        "akma_contract.topology",
     ]

@@ -11,13 +11,8 @@ from typing import Any
 
 import pytest
 
-from network_side.aanf import Aanf, AanfConfig, IdentityExposure
-from network_side.af_registry import AfEntry, AfKind, AfRegistry
-from network_side.akma import UA_TLS13_SHARED_KEY, make_af_id
-from network_side.audit import AUDIT_LOGGER_NAME, AuditLog
-from network_side.context_store import SqliteContextStore
-from network_side.errors import ConfigError
-from network_side.messages import (
+from akma_contract.identifiers import UA_TLS13_SHARED_KEY, make_af_id
+from akma_contract.messages import (
     AkmaAfKeyData,
     AkmaAfKeyRequest,
     AnchorKeyRegistered,
@@ -27,6 +22,11 @@ from network_side.messages import (
     KeyNotFound,
     Rejected,
 )
+from network_side.aanf import Aanf, AanfConfig, IdentityExposure
+from network_side.af_registry import AfEntry, AfKind, AfRegistry
+from network_side.audit import AUDIT_LOGGER_NAME, AuditLog
+from network_side.context_store import SqliteContextStore
+from network_side.errors import ConfigError
 from network_side.nef import Nef, Outcome, TokenBucket
 from network_side.ue_sim import UeSimulator
 

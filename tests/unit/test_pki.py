@@ -22,6 +22,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
+from akma_contract.topology import (
+    DEAD_LETTER_EXCHANGE,
+    DEAD_LETTER_QUEUE,
+    NETWORK_REQUEST_QUEUE,
+    REPLY_EXCHANGE,
+    REQUEST_EXCHANGE,
+    inbox_queue,
+)
 from infra.definitions import build_definitions, rabbit_password_hash
 from infra.errors import InvalidIdentityError, PkiError
 from infra.pki import (
@@ -359,19 +367,19 @@ def test_definitions_give_each_party_only_its_own_names() -> None:
     perms = {p["user"]: p for p in doc["permissions"]}
     af = perms[AFS[0]]
     assert af["configure"] == af["read"] == r"^af\.af1\.example\.com\."
-    assert re.search(af["read"], f"af.{AFS[0]}.inbox")
-    assert not re.search(af["read"], f"af.{AFS[1]}.inbox")
+    assert re.search(af["read"], inbox_queue(AFS[0]))
+    assert not re.search(af["read"], inbox_queue(AFS[1]))
     assert not re.search(af["read"], "af.af1Xexample.com.inbox")  # dots are escaped
-    assert re.search(af["write"], "akma.requests") and not re.search(af["write"], "akma.replies")
+    assert re.search(af["write"], REQUEST_EXCHANGE) and not re.search(af["write"], REPLY_EXCHANGE)
     assert perms["network"]["configure"] == "^$"
     assert {q["name"] for q in doc["queues"]} == {
-        "network.requests",
-        f"af.{AFS[0]}.inbox",
-        f"af.{AFS[1]}.inbox",
-        "akma.dead-letters",
+        NETWORK_REQUEST_QUEUE,
+        inbox_queue(AFS[0]),
+        inbox_queue(AFS[1]),
+        DEAD_LETTER_QUEUE,
     }
     assert all(q["arguments"] == {"x-queue-type": "quorum"} for q in doc["queues"])
     assert doc["policies"][0]["definition"] == {
         "delivery-limit": 5,
-        "dead-letter-exchange": "akma.dlx",
+        "dead-letter-exchange": DEAD_LETTER_EXCHANGE,
     }

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
+from broker_adapter.clock import system_clock_ms
 from broker_adapter.envelope_errors import FromFutureError, StaleMessageError
 from broker_adapter.replay import (
     DIGEST_BYTES,
@@ -19,7 +20,7 @@ from broker_adapter.replay import (
     ReplayGuard,
     ReplayStoreError,
 )
-from broker_adapter.replay_stores import MemoryReplayStore, system_clock_ms
+from broker_adapter.replay_stores import MemoryReplayStore
 from tests.unit.test_replay_contract import FakeClock, claim_one, complete_one, release_one
 
 WINDOW, SKEW, LEASE = 1_000, 100, 500

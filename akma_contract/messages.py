@@ -6,20 +6,26 @@ the model's ``MSG_TYPE``. Bodies are msgpack maps with Python field names; byte 
 ``bin`` (never hex) and times are integer unix milliseconds (``*_ms`` fields), the same unit as the
 envelope's timestamp, so no time zone or ISO parsing can disagree between the two ends.
 
-The AF side imports this module, so it depends only on pydantic, msgpack, the standard library
-and ``network_side.errors`` (a dependency-free leaf), never on the AAnF/NEF internals.
+Both sides import this module; it depends on pydantic, msgpack and the rest of
+``akma_contract`` only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Annotated, ClassVar, Final, Literal, Self
+from typing import Annotated, ClassVar, Final, Self
 
 import msgpack  # type: ignore[import-untyped]  # msgpack ships no type information
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from network_side.errors import InvalidBodyError, UnknownMessageTypeError
+from akma_contract.errors import (
+    InvalidBodyError,
+    RejectReason,
+    RemovalReason,
+    UnknownMessageTypeError,
+)
+from akma_contract.identifiers import AfId, AKid, Gpsi, Key256, Supi
 
 __all__ = [
     "MAX_BODY_LEN",
@@ -41,22 +47,6 @@ __all__ = [
 #: Every body here is a few hundred octets; anything far larger is refused before unpacking.
 MAX_BODY_LEN: Final = 16 * 1024
 
-# Field types. The patterns follow TS 29.571 (Supi, Gpsi) but without its catch-all ".+"
-# alternative, so a typo'd prefix is refused here instead of failing obscurely later.
-Supi = Annotated[str, StringConstraints(pattern=r"^(imsi-[0-9]{5,15}|nai-[!-~]{1,250})$")]
-Gpsi = Annotated[
-    str,
-    StringConstraints(max_length=255, pattern=r"^(msisdn-[0-9]{5,15}|extid-[!-?A-~]+@[!-?A-~]+)$"),
-]
-# The full A-KID grammar lives in network_side.akid; here only its outline is checked, because
-# the contract must not depend on the network's internals (and the AF passes it on opaquely).
-AKid = Annotated[
-    str, StringConstraints(min_length=3, max_length=253, pattern=r"^[!-?A-~]+@[!-~]+$")
-]
-# Keys are excluded from repr so that logging a model can never print key material.
-Key256 = Annotated[bytes, Field(min_length=32, max_length=32, repr=False)]
-# AF_ID = FQDN (1..253 octets) || 5-octet Ua* protocol id; its full check is in network_side.akma.
-AfId = Annotated[bytes, Field(min_length=6, max_length=258)]
 # Bounded so every valid value also packs into a msgpack integer.
 UnixMs = Annotated[int, Field(ge=0, le=2**63 - 1)]
 
@@ -170,7 +160,7 @@ class Rejected(AkmaMessage):
 
     MSG_TYPE: ClassVar[str] = "akma.rejected"
 
-    reason: Literal["unauthorized", "rate_limited", "invalid_request"]
+    reason: RejectReason
 
 
 # ---- Naanf_AKMA_Context_Remove (AUSF -> AAnF) and its notification (AAnF -> AF) --------------
@@ -197,7 +187,7 @@ class ContextRemovedNotification(AkmaMessage):
     MSG_TYPE: ClassVar[str] = "akma.context.removed"
 
     a_kid: AKid
-    reason: Literal["removed", "service_disabled"]
+    reason: RemovalReason
 
 
 _ALL: Final[tuple[type[AkmaMessage], ...]] = (
