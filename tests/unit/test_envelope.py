@@ -21,7 +21,7 @@ from broker_adapter.envelope import (
     seal,
     seal_envelope,
 )
-from broker_adapter.errors import BrokerAdapterError
+from broker_adapter.errors import BrokerAdapterError, Fault
 from broker_adapter.identity import LocalIdentity
 from broker_adapter.suites import (
     DEFAULT_SUITE_NAME,
@@ -517,18 +517,17 @@ def test_error_codes_are_distinct_and_rooted() -> None:
         "correlation_mismatch",
         "stale",
         "from_future",
-        "duplicate",
         "replay_conflict",
-        "rejected",
     ]:
         assert name in codes
-    assert issubclass(errors.DuplicateMessageError, errors.EnvelopeError)
     assert issubclass(errors.ReplayConflictError, errors.ReplayError)
 
 
-def test_rejected_error_is_opaque() -> None:
-    hidden = errors.RejectedError.from_error(errors.RevokedSignerError("serial 1234 revoked"))
-    assert str(hidden) == "rejected" and hidden.detail == "" and hidden.code == "rejected"
+def test_opening_failures_are_the_message_s_fault_and_a_bad_seal_input_is_ours() -> None:
+    assert errors.EnvelopeError.fault is Fault.REMOTE
+    assert errors.NoRecipientKeyError.fault is Fault.REMOTE
+    assert errors.InvalidSealInputError.fault is Fault.LOCAL
+    assert errors.TrustStoreError.fault is Fault.LOCAL
 
 
 @pytest.mark.parametrize(
