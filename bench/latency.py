@@ -197,7 +197,7 @@ class _StockRpc:
     async def __aenter__(self) -> Self:
         broker = self._dep.broker_settings(AF)
         self._identity = broker.identity
-        self._connection = await connect(broker.model_copy(update={"coalesce_writes": False}))
+        self._connection = await connect(broker, coalesce_writes=False)
         channel = await self._connection.channel(publisher_confirms=True)
         self._exchange = await channel.get_exchange(REQUEST_EXCHANGE, ensure=False)
         inbox = await channel.declare_queue(AF_INBOX, passive=True)

@@ -10,7 +10,7 @@ Roles:
 
 Modes of the throughput roles:
 - ``plain``: stock aio-pika only (the baseline: what messaging costs without us; our
-  ``connect`` with ``coalesce_writes`` off, so aiormq's own transport);
+  ``connect(..., coalesce_writes=False)``, so aiormq's own transport);
 - ``plain_signed``: ``plain`` plus one ECDSA P-256 signature per message on the producer and its
   verification on the consumer, nothing else: the floor that a signature on every message
   alone puts under any secured path on this machine;
@@ -93,10 +93,10 @@ def _chunks_per_write(connection: object) -> float | None:
     return float(stats.chunks / stats.writes)
 
 
-def _stock(broker: BrokerSettings) -> BrokerSettings:
+async def _connect_stock(broker: BrokerSettings) -> AbstractRobustConnection:
     """The baseline is stock aio-pika: TLS and certificate login as ours, but aiormq's own
     transport (one socket write per frame), not our coalescing writer."""
-    return broker.model_copy(update={"coalesce_writes": False})
+    return await connect(broker, coalesce_writes=False)
 
 
 class _Windowed:
@@ -124,7 +124,7 @@ async def producer(config: dict[str, Any]) -> None:
     closers: list[Callable[[], Awaitable[None]]] = []
     connection: object
     if mode in ("plain", "plain_signed"):
-        connection = await connect(_stock(broker))
+        connection = await _connect_stock(broker)
         closers.append(connection.close)
         channel = await connection.channel(publisher_confirms=True)
         exchange = await channel.get_exchange(REQUEST_EXCHANGE, ensure=False)
@@ -215,7 +215,7 @@ async def consumer(config: dict[str, Any]) -> None:
     counter = _Counter(int(config["count"]) + 1)
     closers: list[Callable[[], Awaitable[None]]] = []
     if mode in ("plain", "plain_signed"):
-        connection = await connect(_stock(broker))
+        connection = await _connect_stock(broker)
         closers.append(connection.close)
         channel = await connection.channel(publisher_confirms=False)
         await channel.set_qos(prefetch_count=prefetch)
@@ -339,7 +339,7 @@ async def stock_responder(config: dict[str, Any]) -> None:
     baseline that matches the throughput part's "plain"."""
     broker, _ = _settings(config)
     reply = os.urandom(int(config["reply_bytes"]))
-    connection = await connect(_stock(broker))
+    connection = await _connect_stock(broker)
     channel = await connection.channel(publisher_confirms=True)
     await channel.set_qos(prefetch_count=int(config["prefetch"]))
     queue = await channel.declare_queue(REQUEST_QUEUE, passive=True)

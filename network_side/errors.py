@@ -6,15 +6,21 @@ the message contract (``KeyNotFound`` or ``Rejected`` with a coarse reason).
 
 Malformed input (the caller's fault) is not here: it is the contract's ``InvalidRequestError``
 and its subclasses (``akma_contract.errors``), which both sides raise and catch alike.
+
+Whose fault (``broker_adapter.errors.Fault``) decides what the receive path does with an error
+that escapes a handler: the message's is dead-lettered with its code, ours is requeued.
 """
 
 from __future__ import annotations
+
+from broker_adapter.errors import Fault
 
 
 class NetworkSideError(Exception):
     """Root of every error raised by ``network_side`` for its own reasons."""
 
     code: str = "network_side_error"
+    fault: Fault = Fault.LOCAL
 
     def __init__(self, detail: str = "") -> None:
         super().__init__(f"{self.code}: {detail}" if detail else self.code)
@@ -28,6 +34,7 @@ class NotFoundError(NetworkSideError):
     """The requested material does not exist (answered as "no content", never as a crash)."""
 
     code = "not_found"
+    fault = Fault.REMOTE
 
 
 class UnknownAkidError(NotFoundError):
@@ -47,6 +54,7 @@ class ConflictError(NetworkSideError):
     """A registration would overwrite another subscriber's context (same A-KID, other SUPI)."""
 
     code = "conflict"
+    fault = Fault.REMOTE
 
 
 # ---- our own configuration and storage --------------------------------------------------------

@@ -34,6 +34,3 @@ class BrokerSettings(BaseModel):
     # How long the robust connection waits between reconnection attempts.
     reconnect_interval_s: float = Field(default=1.0, gt=0)
     publish_timeout_s: float = Field(default=10.0, gt=0)
-    # Join the AMQP frames written in one event-loop turn into one TLS write (see
-    # ``transport/coalesce.py``); off gives aiormq's one write per frame.
-    coalesce_writes: bool = True

@@ -21,10 +21,12 @@ from akma_contract.identifiers import UA_TLS13_SHARED_KEY, make_af_id
 from akma_contract.messages import AkmaKeyInfo, AnchorKeyRegistered, CtxRemove, decode_body
 from akma_contract.topology import inbox_queue
 from as_side.service import AfService
+from bench.plain_rpc import each
 from broker_adapter.clock import system_clock_ms
 from broker_adapter.runtime import SecureParty, SecuritySettings, open_secure_party
 from broker_adapter.secure import SecureRequester
-from broker_adapter.transport import Ack, Consumer, Delivery, Outcome
+from broker_adapter.transport import Consumer, Delivery
+from broker_adapter.verdict import Ack, Outcome
 from infra.pki import PkiLayout
 from network_side.aanf import AanfConfig
 from network_side.af_registry import AfRegistry
@@ -224,7 +226,9 @@ class InboxRecorder:
     ) -> None:
         self.deliveries: list[Delivery] = []
         self._on_delivery = on_delivery
-        self._consumer = Consumer(party.connection, queue, self._handle, publisher=party.publisher)
+        self._consumer = Consumer(party.connection, queue, each(self._handle),
+                                  publisher=party.publisher,
+                                  dead_letter_exchange=topology.DEAD_LETTER_EXCHANGE)
 
     async def _handle(self, delivery: Delivery) -> Outcome:
         self.deliveries.append(delivery)

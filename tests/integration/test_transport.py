@@ -291,8 +291,7 @@ async def test_concurrent_publishes_share_socket_writes_and_all_arrive_intact(
 
 
 async def test_stock_connection_is_available_without_coalescing(broker: Any, pki: Any) -> None:
-    settings = party_settings(broker, pki, AF).model_copy(update={"coalesce_writes": False})
-    connection = await connect(settings)
+    connection = await connect(party_settings(broker, pki, AF), coalesce_writes=False)
     try:
         assert not hasattr(connection, "write_stats")
         publisher = Publisher(connection, AF, confirm_timeout_s=5)

@@ -177,3 +177,12 @@ def test_outcome_for_is_the_one_mapping() -> None:
 
     assert outcome_for(Foreign()) == DeadLetter("foreign_remote", "")
     assert fault_of(BrokerAdapterError()) is Fault.LOCAL
+
+
+def test_network_side_errors_say_whose_fault_they_are() -> None:
+    from network_side.errors import ConflictError, StoreError, UnknownAkidError
+
+    assert outcome_for(ConflictError("a-kid of another supi")) == DeadLetter(
+        "conflict", "a-kid of another supi")
+    assert isinstance(outcome_for(StoreError("disk")), Requeue)
+    assert isinstance(outcome_for(UnknownAkidError("x")), DeadLetter)
