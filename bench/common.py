@@ -181,7 +181,9 @@ def _cpu_model() -> str:
 class Child:
     """A child process speaking the JSON-lines protocol on stdout."""
 
-    def __init__(self, label: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None):
+    def __init__(
+        self, label: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None
+    ):
         self.label = label
         self.log_path = log_path
         log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
@@ -203,8 +205,8 @@ class Child:
             # Sampling profile of every child (py-spy, collapsed stacks), for bench/profile.py.
             spy = Path(sys.executable).with_name("py-spy")
             out = Path(profile_dir) / f"{label}.txt"
-            argv = [str(spy), "record", "--format", "raw", "--rate", "250", "--nonblocking", "--threads",
-                    "-o", str(out), "--", *argv]
+            argv = [str(spy), "record", "--format", "raw", "--rate", "250", "--nonblocking",
+                    "--threads", "-o", str(out), "--", *argv]
         return cls(label, argv, work / f"{label}.log")
 
     def cpu_s(self) -> float:

@@ -132,7 +132,9 @@ def markdown(results: dict[str, Any]) -> str:
     )
     lines += ["", "## Targets", "", "| metric | value | target | met |", "|---|---:|---:|---|"]
     for name, v in results["targets"].items():
-        lines.append(f"| `{name}` | {v['value']:.2f} | {v['target']} | {'yes' if v['met'] else 'NO'} |")
+        lines.append(
+            f"| `{name}` | {v['value']:.2f} | {v['target']} | {'yes' if v['met'] else 'NO'} |"
+        )
     for name in ("signature_floor_ratio", "signature_floor_on_shell_ratio",
                  "secured_vs_transport_ratio", "drain_ratio", "rpc_p99_ratio_vs_stock",
                  "rpc_cpu_ratio", "rpc_cpu_floor_ratio", "worker_scaling"):
@@ -167,10 +169,16 @@ def markdown(results: dict[str, Any]) -> str:
     lat = results.get("latency")
     if lat:
         s = lat["sizes_bytes"]
-        lines += ["", f"## K_AF request latency (request {s['request']} B, answer {s['reply']} B)",
-                  "", ("| callers | secured p50 ms | secured p99 ms | plain p50 ms | plain p99 ms | "
-                       "p50 ratio | p99 ratio | secured req/s | plain req/s |"),
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            f"## K_AF request latency (request {s['request']} B, answer {s['reply']} B)",
+            "",
+            (
+                "| callers | secured p50 ms | secured p99 ms | plain p50 ms | plain p99 ms | "
+                "p50 ratio | p99 ratio | secured req/s | plain req/s |"
+            ),
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for c, lv in lat["levels"].items():
             sec, pl = lv["secured"], lv["plain"]
             lines.append(
@@ -206,12 +214,20 @@ def markdown(results: dict[str, Any]) -> str:
     pc = results.get("pieces")
     if pc:
         u = pc["us_per_message"]
-        lines += ["", (f"## Secured path pieces in one process ({pc['suite']}, {pc['body_bytes']}-byte "
-                       f"bodies, replay calls {pc['per_turn']} per loop turn, SQLite)"), "",
-                  "| seal | open (checks 1-7) | replay claim | replay complete | total |",
-                  "|---:|---:|---:|---:|---:|",
-                  (f"| {u['seal']:.0f} | {u['open']:.0f} | {u['claim']:.0f} | "
-                   f"{u['complete']:.0f} | {u['total']:.0f} |")]
+        lines += [
+            "",
+            (
+                f"## Secured path pieces in one process ({pc['suite']}, {pc['body_bytes']}-byte "
+                f"bodies, replay calls {pc['per_turn']} per loop turn, SQLite)"
+            ),
+            "",
+            "| seal | open (checks 1-7) | replay claim | replay complete | total |",
+            "|---:|---:|---:|---:|---:|",
+            (
+                f"| {u['seal']:.0f} | {u['open']:.0f} | {u['claim']:.0f} | "
+                f"{u['complete']:.0f} | {u['total']:.0f} |"
+            ),
+        ]
     sc = results.get("scaling")
     if sc:
         lines += ["", f"## Worker scaling ({sc['requests']} key requests)", "",
@@ -224,7 +240,9 @@ def markdown(results: dict[str, Any]) -> str:
                   "|---|---:|---:|"]
         for store in ("sqlite", "redis"):
             if store in mem:
-                lines.append(f"| {store} | {mem[store]['ids']} | {mem[store]['bytes_per_id']:.0f} |")
+                lines.append(
+                    f"| {store} | {mem[store]['ids']} | {mem[store]['bytes_per_id']:.0f} |"
+                )
     return "\n".join(lines) + "\n"
 
 
@@ -289,7 +307,9 @@ def chart(results: dict[str, Any], path: Path) -> None:
             # Normalised so that 1.0 is the target and a taller bar is better.
             v = targets[n]["value"]
             values.append(v / bound if op == "ge" else bound / v if v else 0.0)
-        ax.bar(names, values, color=["tab:green" if targets[n]["met"] else "tab:red" for n in names])
+        ax.bar(
+            names, values, color=["tab:green" if targets[n]["met"] else "tab:red" for n in names]
+        )
         ax.axhline(1.0, color="black", linestyle="--")
         ax.set_title("Targets (value normalised: >= 1 meets)")
         ax.tick_params(axis="x", labelrotation=20, labelsize=7)

@@ -88,8 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="minimal counts (the smoke test)")
     parser.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 5)")
     parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated subset")
-    parser.add_argument("--tp-variants", default=None,
-                        help="throughput variants (default all): plain,transport,secured_sqlite,...")
+    parser.add_argument(
+        "--tp-variants",
+        default=None,
+        help="throughput variants (default all): plain,transport,secured_sqlite,...",
+    )
     parser.add_argument("--no-redis", action="store_true", help="skip the Redis variants")
     parser.add_argument("--work", type=Path, default=REPO / "var" / "bench")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")

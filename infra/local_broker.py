@@ -339,7 +339,10 @@ class LocalBroker:
             RABBITMQ_PLUGINS_EXPAND_DIR=str(w / "plugins-expand"),
             RABBITMQ_DIST_PORT=str(self.ports.dist),
             # Keep Erlang distribution on loopback, like every other listener of this node.
-            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1} +sbwt none +sbwtdcpu none +sbwtdio none",
+            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=(
+                "-kernel inet_dist_use_interface {127,0,0,1} "
+                "+sbwt none +sbwtdcpu none +sbwtdio none"
+            ),
             RABBITMQ_CTL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}",
         )
         return env

@@ -274,7 +274,9 @@ class Attacker:
 
     def wrong_recipient(self, publisher: str) -> Hostile:
         data, msg_id = self.seal(self.kit.parties[publisher], recipient=self.kit.bystander)
-        return Hostile("wrong_recipient", data, Verdict.dead("not_for_me"), publisher, msg_id=msg_id)
+        return Hostile(
+            "wrong_recipient", data, Verdict.dead("not_for_me"), publisher, msg_id=msg_id
+        )
 
     def forwarded(self, publisher: str) -> Hostile:
         """Surreptitious forwarding: ``publisher`` received a message signed for it by another
@@ -292,7 +294,9 @@ class Attacker:
             rng=self._rng,
             now_ms=self._clock(),
         )
-        return Hostile("forwarded", data, Verdict.dead("identity_mismatch"), publisher, msg_id=msg_id)
+        return Hostile(
+            "forwarded", data, Verdict.dead("identity_mismatch"), publisher, msg_id=msg_id
+        )
 
     def _own_encryption_key(self, me: LocalIdentity) -> tuple[bytes, Any]:
         for kid, key in me.decryption_keys.items():
@@ -351,7 +355,9 @@ class Attacker:
         elif choice == 1:
             body = _pack(["not", "a", "map"])
         else:
-            packed: bytes = msgpack.packb({"af_id": "text, not bytes", "evil": 1}, use_bin_type=True)
+            packed: bytes = msgpack.packb(
+                {"af_id": "text, not bytes", "evil": 1}, use_bin_type=True
+            )
             body = packed
         data, msg_id = self.seal(self.kit.parties[publisher], body=body)
         return Hostile("invalid_body", data, INVALID_BODY, publisher, msg_id=msg_id)

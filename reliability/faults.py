@@ -186,8 +186,12 @@ async def broker_crash(scale: Scale) -> ScenarioResult:
             retries_before, resends_before = _publish_retries(), _cached_resends()
             async with (
                 inprocess_network(lab, settings("network"), ues) as net,
-                af_service(lab, settings(AF1), AF1, timeout_s=AF_TIMEOUT_S, attempts=AF_ATTEMPTS) as a1,
-                af_service(lab, settings(AF2), AF2, timeout_s=AF_TIMEOUT_S, attempts=AF_ATTEMPTS) as a2,
+                af_service(
+                    lab, settings(AF1), AF1, timeout_s=AF_TIMEOUT_S, attempts=AF_ATTEMPTS
+                ) as a1,
+                af_service(
+                    lab, settings(AF2), AF2, timeout_s=AF_TIMEOUT_S, attempts=AF_ATTEMPTS
+                ) as a2,
             ):
                 report = LoadReport()
                 clients = {AF1: a1.client, AF2: a2.client}
@@ -200,7 +204,8 @@ async def broker_crash(scale: Scale) -> ScenarioResult:
                 dead = await dead_letter_count(management_for(node))
             survived = sum(1 for t in ended if report.answered_after(t) > 0)
             notes = [
-                f"{kills} kill -9 + restart, broker down {', '.join(f'{d:.1f}s' for d in downtime)}",
+                f"{kills} kill -9 + restart, broker down "
+                f"{', '.join(f'{d:.1f}s' for d in downtime)}",
                 f"same workers throughout (no restart), {net.log.processed} processings",
             ]
             return _finish(
@@ -300,8 +305,12 @@ async def _worker_crash(scale: Scale, store: str) -> ScenarioResult:
                         events.append(f"{victim.label} restarted")
 
                 async with (
-                    af_service(lab, settings(AF1), AF1, timeout_s=AF_TIMEOUT_S, attempts=AF_ATTEMPTS) as a1,
-                    af_service(lab, settings(AF2), AF2, timeout_s=AF_TIMEOUT_S, attempts=AF_ATTEMPTS) as a2,
+                    af_service(
+                        lab, settings(AF1), AF1, timeout_s=AF_TIMEOUT_S, attempts=AF_ATTEMPTS
+                    ) as a1,
+                    af_service(
+                        lab, settings(AF2), AF2, timeout_s=AF_TIMEOUT_S, attempts=AF_ATTEMPTS
+                    ) as a2,
                 ):
                     report = LoadReport()
                     # Unpaced, so that the victim is busy when it dies: deliveries it has
@@ -323,7 +332,9 @@ async def _worker_crash(scale: Scale, store: str) -> ScenarioResult:
                 for worker in workers:
                     if worker.alive():
                         samples = await asyncio.to_thread(
-                            scrape_metric, metrics_ports[worker.label], "akma_secure_duplicates_total"
+                            scrape_metric,
+                            metrics_ports[worker.label],
+                            "akma_secure_duplicates_total",
                         )
                         for labels, value in samples.items():
                             kind = labels.split('kind="', 1)[1].split('"', 1)[0]
@@ -443,8 +454,12 @@ async def link_faults(scale: Scale) -> ScenarioResult:
             try:
                 async with (
                     inprocess_network(lab, settings("network"), ues) as net,
-                    af_service(lab, settings(AF1), AF1, timeout_s=AF_TIMEOUT_S, attempts=AF_ATTEMPTS) as a1,
-                    af_service(lab, settings(AF2), AF2, timeout_s=AF_TIMEOUT_S, attempts=AF_ATTEMPTS) as a2,
+                    af_service(
+                        lab, settings(AF1), AF1, timeout_s=AF_TIMEOUT_S, attempts=AF_ATTEMPTS
+                    ) as a1,
+                    af_service(
+                        lab, settings(AF2), AF2, timeout_s=AF_TIMEOUT_S, attempts=AF_ATTEMPTS
+                    ) as a2,
                 ):
                     report = LoadReport()
                     report, ended = await _with_faults(
@@ -563,8 +578,12 @@ async def cluster(scale: Scale) -> ScenarioResult:
             nacks_before = _publish_nacks()
             async with (
                 inprocess_network(lab, settings("network"), ues) as net,
-                af_service(lab, settings(AF1), AF1, timeout_s=AF_TIMEOUT_S, attempts=AF_ATTEMPTS) as a1,
-                af_service(lab, settings(AF2), AF2, timeout_s=AF_TIMEOUT_S, attempts=AF_ATTEMPTS) as a2,
+                af_service(
+                    lab, settings(AF1), AF1, timeout_s=AF_TIMEOUT_S, attempts=AF_ATTEMPTS
+                ) as a1,
+                af_service(
+                    lab, settings(AF2), AF2, timeout_s=AF_TIMEOUT_S, attempts=AF_ATTEMPTS
+                ) as a2,
             ):
                 report = LoadReport()
                 faults = 2 if full else 1

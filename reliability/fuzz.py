@@ -246,7 +246,9 @@ class Mutator:
                 return value[: rng.randrange(len(value) + 1)]
             return value.encode()  # the same text as bytes
         if type(value) is int:
-            return rng.choice((value + 1, value - 1, -value, value * 2**32, str(value), float(value)))
+            return rng.choice(
+                (value + 1, value - 1, -value, value * 2**32, str(value), float(value))
+            )
         if type(value) is bool:
             return int(value)
         if value is None:
@@ -433,7 +435,9 @@ class FuzzWorld:
     def resign(self, seed: Seed, fields: list[Any]) -> bytes | None:
         """Sign ``fields[:10]`` with the seed's real sender key; None if they cannot be packed."""
         try:
-            signature = seed.suite.sign(seed.sender.signing_key, signed_bytes(seed.suite.name, fields[:10]))
+            signature = seed.suite.sign(
+                seed.sender.signing_key, signed_bytes(seed.suite.name, fields[:10])
+            )
             packed: bytes = msgpack.packb([*fields[:10], signature], use_bin_type=True)
         except Exception:  # noqa: BLE001 - an edit made the fields unpackable
             return None

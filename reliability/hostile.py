@@ -497,7 +497,9 @@ class HostilePublisher:
     async def publish(self, hostile: Hostile, message_id: str) -> None:
         if hostile.with_user_id:
             await self._parties[hostile.publisher].publisher.publish(
-                REQUEST_EXCHANGE, "network", OutgoingMessage(body=hostile.data, message_id=message_id)
+                REQUEST_EXCHANGE,
+                "network",
+                OutgoingMessage(body=hostile.data, message_id=message_id),
             )
             return
         exchange = self._raw.get(hostile.publisher)
@@ -684,7 +686,9 @@ async def run_hostile_input(env: Environment, scale: Scale, *, seed: int = 5) ->
         observer = d.observer
 
     # -- dead letters: every refused message, with its reason and its original bytes
-    dead = {mid: h for mid, h in ledger.hostile.items() if h.verdict.kind is VerdictKind.DEAD_LETTER}
+    dead = {
+        mid: h for mid, h in ledger.hostile.items() if h.verdict.kind is VerdictKind.DEAD_LETTER
+    }
     found, other_dead = await drain_dead_letters(
         mgmt, set(dead), timeout_s=max(60.0, len(dead) / 50)
     )
@@ -943,7 +947,9 @@ async def run_legit_af_abuse(env: Environment, scale: Scale) -> ScenarioResult:
             elapsed = time.monotonic() - flood_started
             served = sum(isinstance(a, tuple) and isinstance(a[0], AkmaAfKeyData) for a in answers)
             limited = sum(
-                isinstance(a, tuple) and isinstance(a[0], Rejected) and a[0].reason == "rate_limited"
+                isinstance(a, tuple)
+                and isinstance(a[0], Rejected)
+                and a[0].reason == "rate_limited"
                 for a in answers
             )
             unanswered = flood_n - served - limited
@@ -1012,7 +1018,10 @@ async def run_legit_af_abuse(env: Environment, scale: Scale) -> ScenarioResult:
     )
     if "forged-user-id-" + victim in found:
         failures.append("a publish with a forged user_id reached the network's queue")
-    for mid, reason in (("replay-other", "identity_mismatch"), ("replay-conflict", "replay_conflict")):
+    for mid, reason in (
+        ("replay-other", "identity_mismatch"),
+        ("replay-conflict", "replay_conflict"),
+    ):
         if found.get(mid, {}).get("headers", {}).get("x-akma-reason") != reason:
             failures.append(f"{mid} not dead-lettered with reason {reason}")
     not_refused = [a.name for a in attempts if not a.refused]

@@ -96,7 +96,9 @@ class Lab:
         return bytes.fromhex(self.master_key_file.read_text().strip())
 
 
-def registry_toml(afs: Sequence[str], *, rate_per_second: float = 1e6, burst: int = 1_000_000) -> str:
+def registry_toml(
+    afs: Sequence[str], *, rate_per_second: float = 1e6, burst: int = 1_000_000
+) -> str:
     """An AF registry with every AF internal and a rate limit far above any test load, so that
     the only refusals a scenario can see are the ones it provokes on purpose."""
     lines = [f'ausf_identities = ["{AUSF}"]', ""]
@@ -151,7 +153,9 @@ def queue_depth(mgmt: Management, queue: str) -> int:
     return int(info.get("messages", 0) or 0)
 
 
-async def settled_depth(mgmt: Management, queue: str, *, want: int = 0, timeout_s: float = 12.0) -> int:
+async def settled_depth(
+    mgmt: Management, queue: str, *, want: int = 0, timeout_s: float = 12.0
+) -> int:
     """The depth of ``queue`` once it reaches ``want`` or ``timeout_s`` passed.
 
     The management API refreshes queue statistics only every few seconds (5 s by default), so a
@@ -174,7 +178,9 @@ async def dead_letter_count(mgmt: Management, *, settle_s: float = 6.0) -> int:
 # ---- parties ------------------------------------------------------------------------------------
 
 
-def broker_settings(pki: PkiLayout, name: str, host: str, port: int, **overrides: Any) -> BrokerSettings:
+def broker_settings(
+    pki: PkiLayout, name: str, host: str, port: int, **overrides: Any
+) -> BrokerSettings:
     paths = pki.party(name)
     values: dict[str, Any] = {
         "host": host,
@@ -192,7 +198,9 @@ def broker_settings(pki: PkiLayout, name: str, host: str, port: int, **overrides
     return BrokerSettings(**values)
 
 
-def security_settings(lab: Lab, name: str, replay_sqlite: Path, **overrides: Any) -> SecuritySettings:
+def security_settings(
+    lab: Lab, name: str, replay_sqlite: Path, **overrides: Any
+) -> SecuritySettings:
     values: dict[str, Any] = {
         "key_dir": lab.pki.party_dir(name),
         "trust_dir": lab.pki.root,
