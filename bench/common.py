@@ -8,14 +8,18 @@ to a file. Timestamps crossing the process boundary are ``time.time()`` (one mac
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+
+import cryptography
 
 from broker_adapter.runtime import SecuritySettings
 from broker_adapter.transport import BrokerSettings
@@ -115,9 +119,8 @@ class Deployment:
         for key, value in sec.items():
             if value is None:
                 continue
-            if isinstance(value, list):
-                value = json.dumps(value)
-            env[f"{prefix}SECURITY__{key.upper()}"] = str(value)
+            text = json.dumps(value) if isinstance(value, list) else str(value)
+            env[f"{prefix}SECURITY__{key.upper()}"] = text
         return env
 
 
@@ -153,10 +156,6 @@ def group_cpu_seconds(pgid: int) -> float | None:
 
 
 def machine_info() -> dict[str, Any]:
-    import platform
-
-    import cryptography
-
     load = os.getloadavg()
     return {
         "python": sys.version.split()[0],
@@ -188,13 +187,14 @@ class Child:
         self.log_path = log_path
         log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
         try:
-            self.proc = subprocess.Popen(
+            self.proc = subprocess.Popen(  # noqa: S603 - argv is this interpreter or py-spy
                 argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=log,
                 stdin=subprocess.DEVNULL,
             )
         finally:
             log.close()
-        assert self.proc.stdout is not None
+        if self.proc.stdout is None:
+            raise ChildFailedError(f"{label}: started without a stdout pipe")
         self._out: IO[bytes] = self.proc.stdout
 
     @classmethod
@@ -240,10 +240,8 @@ class Child:
     def stop(self, timeout_s: float = 20.0, *, grace_s: float = 0.0) -> int:
         """Terminate the child; ``grace_s`` first lets one that is finishing exit by itself."""
         if grace_s > 0:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                pass
         if self.proc.poll() is None:
             self.proc.terminate()
             try:

@@ -209,86 +209,22 @@ class _Counter:
             self.done.set()
 
 
+_Closers = list[Callable[[], Awaitable[None]]]
+
+
 async def consumer(config: dict[str, Any]) -> None:
     broker, security = _settings(config)
-    mode, prefetch = config["mode"], int(config["prefetch"])
+    mode = config["mode"]
     # The producer's warm-up message comes first, so one more than ``count`` arrives.
     counter = _Counter(int(config["count"]) + 1)
-    closers: list[Callable[[], Awaitable[None]]] = []
+    closers: _Closers = []
+    connection: object
     if mode in ("plain", "plain_signed"):
-        connection = await connect(_stock(broker))
-        closers.append(connection.close)
-        channel = await connection.channel(publisher_confirms=False)
-        await channel.set_qos(prefetch_count=prefetch)
-        queue = await channel.declare_queue(REQUEST_QUEUE, passive=True)
-        verify = mode == "plain_signed"
-        public = _FLOOR_KEY.public_key()
-        body_len = int(config["body_bytes"])
-
-        async def on_message(message: AbstractIncomingMessage) -> None:
-            if verify:
-                data = message.body
-                # Body, then the DER signature over it.
-                public.verify(data[body_len:], data[:body_len], _ECDSA)
-            await message.ack()
-            counter.hit()
-
-        await queue.consume(on_message, no_ack=False)
+        connection = await _consume_stock(config, broker, counter, closers)
+    elif mode in ("transport", "transport_signed"):
+        connection = await _consume_transport(config, broker, counter, closers)
     else:
-        batch_consumer: Consumer | None = None
-        if mode in ("transport", "transport_signed"):
-            connection = await connect(broker)
-            publisher = Publisher(connection, broker.identity)
-            closers += [publisher.close, connection.close]
-            verify = mode == "transport_signed"
-            public = _FLOOR_KEY.public_key()
-            body_len = int(config["body_bytes"])
-
-            async def handler(delivery: Delivery) -> Outcome:
-                if verify:
-                    data = delivery.body
-                    public.verify(data[body_len:], data[:body_len], _ECDSA)
-                counter.hit()
-                return Ack()
-
-        else:
-            party = await open_secure_party(broker, security)
-            connection, publisher = party.connection, party.publisher
-            closers.append(party.close)
-            endpoint = party.endpoint
-
-            def count(outcome: Outcome) -> Outcome:
-                if isinstance(outcome, Ack):
-                    counter.hit()
-                else:
-                    counter.rejected += 1
-                    sys.stderr.write(f"not acked: {outcome!r}\n")
-                return outcome
-
-            async def process(opened: OpenedMessage, claim: Claim) -> Outcome:
-                await endpoint.guard.complete(claim)
-                return Ack()
-
-            async def handler(delivery: Delivery) -> Outcome:
-                return count(await endpoint.guarded(delivery, process))
-
-            async def process_batch(items: list[tuple[OpenedMessage, Claim]]) -> list[Outcome]:
-                done = await endpoint.guard.complete_many([(claim, None) for _, claim in items])
-                return [Requeue(repr(d)) if isinstance(d, Exception) else Ack() for d in done]
-
-            async def batch_handler(deliveries: list[Delivery]) -> list[Outcome]:
-                outcomes = await endpoint.guarded_batch(deliveries, process_batch)
-                return [count(outcome) for outcome in outcomes]
-
-            if mode == "secured":
-                batch_consumer = Consumer(connection, REQUEST_QUEUE, publisher=publisher,
-                                          prefetch=prefetch, batch_handler=batch_handler)
-        if batch_consumer is None:
-            batch_consumer = Consumer(connection, REQUEST_QUEUE, handler, publisher=publisher,
-                                      prefetch=prefetch)
-        cons = batch_consumer
-        await cons.start()
-        closers.insert(0, cons.stop)
+        connection = await _consume_secured(config, (broker, security), counter, closers)
     emit("ready")
     await counter.done.wait()
     emit(
@@ -303,6 +239,98 @@ async def consumer(config: dict[str, Any]) -> None:
     )
     for close in closers:
         await close()
+
+
+async def _consume_stock(config: dict[str, Any], broker: BrokerSettings, counter: _Counter,
+                         closers: _Closers) -> AbstractRobustConnection:
+    """Stock aio-pika, verifying the floor's signature in ``plain_signed``."""
+    connection = await connect(_stock(broker))
+    closers.append(connection.close)
+    channel = await connection.channel(publisher_confirms=False)
+    await channel.set_qos(prefetch_count=int(config["prefetch"]))
+    queue = await channel.declare_queue(REQUEST_QUEUE, passive=True)
+    verify = config["mode"] == "plain_signed"
+    public = _FLOOR_KEY.public_key()
+    body_len = int(config["body_bytes"])
+
+    async def on_message(message: AbstractIncomingMessage) -> None:
+        if verify:
+            data = message.body
+            # Body, then the DER signature over it.
+            public.verify(data[body_len:], data[:body_len], _ECDSA)
+        await message.ack()
+        counter.hit()
+
+    await queue.consume(on_message, no_ack=False)
+    return connection
+
+
+async def _consume_transport(config: dict[str, Any], broker: BrokerSettings, counter: _Counter,
+                             closers: _Closers) -> AbstractRobustConnection:
+    """Our ``Consumer`` over our connection, plain bodies (signed in ``transport_signed``)."""
+    connection = await connect(broker)
+    publisher = Publisher(connection, broker.identity)
+    closers += [publisher.close, connection.close]
+    verify = config["mode"] == "transport_signed"
+    public = _FLOOR_KEY.public_key()
+    body_len = int(config["body_bytes"])
+
+    async def handler(delivery: Delivery) -> Outcome:
+        if verify:
+            data = delivery.body
+            public.verify(data[body_len:], data[:body_len], _ECDSA)
+        counter.hit()
+        return Ack()
+
+    cons = Consumer(connection, REQUEST_QUEUE, handler, publisher=publisher,
+                    prefetch=int(config["prefetch"]))
+    await cons.start()
+    closers.insert(0, cons.stop)
+    return connection
+
+
+async def _consume_secured(config: dict[str, Any],
+                           settings: tuple[BrokerSettings, SecuritySettings],
+                           counter: _Counter, closers: _Closers) -> AbstractRobustConnection:
+    """The secured path: a batch consumer (``secured``) or one delivery at a time."""
+    party = await open_secure_party(*settings)
+    connection, publisher = party.connection, party.publisher
+    closers.append(party.close)
+    endpoint = party.endpoint
+    prefetch = int(config["prefetch"])
+
+    def count(outcome: Outcome) -> Outcome:
+        if isinstance(outcome, Ack):
+            counter.hit()
+        else:
+            counter.rejected += 1
+            sys.stderr.write(f"not acked: {outcome!r}\n")
+        return outcome
+
+    async def process(opened: OpenedMessage, claim: Claim) -> Outcome:
+        await endpoint.guard.complete(claim)
+        return Ack()
+
+    async def handler(delivery: Delivery) -> Outcome:
+        return count(await endpoint.guarded(delivery, process))
+
+    async def process_batch(items: list[tuple[OpenedMessage, Claim]]) -> list[Outcome]:
+        done = await endpoint.guard.complete_many([(claim, None) for _, claim in items])
+        return [Requeue(repr(d)) if isinstance(d, Exception) else Ack() for d in done]
+
+    async def batch_handler(deliveries: list[Delivery]) -> list[Outcome]:
+        outcomes = await endpoint.guarded_batch(deliveries, process_batch)
+        return [count(outcome) for outcome in outcomes]
+
+    if config["mode"] == "secured":
+        cons = Consumer(connection, REQUEST_QUEUE, publisher=publisher, prefetch=prefetch,
+                        batch_handler=batch_handler)
+    else:
+        cons = Consumer(connection, REQUEST_QUEUE, handler, publisher=publisher,
+                        prefetch=prefetch)
+    await cons.start()
+    closers.insert(0, cons.stop)
+    return connection
 
 
 async def plain_responder(config: dict[str, Any]) -> None:
