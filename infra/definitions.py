@@ -34,7 +34,7 @@ DEAD_LETTER_QUEUE = "akma.dead-letters"
 POLICY_NAME = "akma-queues"
 DELIVERY_LIMIT = 5
 ADMIN_USER = "admin"
-PASSWORD_HASHING = "rabbit_password_hashing_sha256"
+PASSWORD_HASHING = "rabbit_password_hashing_sha256"  # noqa: S105 - a module name, not a secret
 
 JsonDict = dict[str, Any]
 
@@ -52,13 +52,16 @@ def af_queue_prefix(af: str) -> str:
     return f"af.{af}."
 
 
+_SALT_BYTES = 4
+
+
 def rabbit_password_hash(password: str, salt: bytes) -> str:
     """Hash ``password`` the way ``rabbit_password_hashing_sha256`` stores it.
 
     RabbitMQ keeps base64(salt || SHA-256(salt || UTF-8 password)) with a 4-byte salt; computing it
     here lets the admin password live only in the PKI directory, never in the definitions file.
     """
-    if len(salt) != 4:
+    if len(salt) != _SALT_BYTES:
         raise PkiError("RabbitMQ password salts are 4 bytes")
     digest = hashlib.sha256(salt + password.encode("utf-8")).digest()
     return base64.b64encode(salt + digest).decode("ascii")
