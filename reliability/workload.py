@@ -414,6 +414,24 @@ class LoadReport:
     def answered_after(self, moment: float) -> int:
         return sum(1 for t in self.done_at if t > moment)
 
+    def retryable_error(self, code: str, *, first_call: bool, final: bool) -> None:
+        self.error_at.append((time.monotonic(), code))
+        if first_call:
+            self.first_errors[code] += 1
+        if final:
+            self.failed += 1
+            self.final_errors[code] += 1
+
+    def answer(self, *, correct: bool, first_call: bool) -> None:
+        if not correct:
+            self.wrong += 1
+            return
+        self.done_at.append(time.monotonic())
+        if first_call:
+            self.answered += 1
+        else:
+            self.retried_ok += 1
+
     def summary(self) -> str:
         parts = [f"answered {self.answered}/{self.load}", f"ok on retry {self.retried_ok}"]
         if self.wrong:
@@ -432,6 +450,24 @@ def _error_code(exc: BaseException) -> str:
 # Errors an application sees as "try again": a timeout, or a link that stayed down through the
 # transport's own retries. Anything else (refusal, wrong reply) is final.
 _RETRYABLE: tuple[type[BaseException], ...] = (KeyRequestTimeoutError, BrokerAdapterError)
+
+
+class _Pacer:
+    """Lets callers start no faster than ``rate_per_s`` (at once when it is None or 0)."""
+
+    def __init__(self, rate_per_s: float | None) -> None:
+        self._rate = rate_per_s
+        self._lock = asyncio.Lock()
+        self._next_start = time.monotonic()
+
+    async def turn(self) -> None:
+        if not self._rate:
+            return
+        async with self._lock:
+            wait = self._next_start - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._next_start = max(self._next_start, time.monotonic()) + 1.0 / self._rate
 
 
 async def drive(
@@ -459,13 +495,9 @@ async def drive(
             try:
                 key = await client.get_application_key(job.ue.a_kid)
             except _RETRYABLE as exc:
-                code = _error_code(exc)
-                rep.error_at.append((time.monotonic(), code))
-                if call == 0:
-                    rep.first_errors[code] += 1
-                if call == app_retries:
-                    rep.failed += 1
-                    rep.final_errors[code] += 1
+                final = call == app_retries
+                rep.retryable_error(_error_code(exc), first_call=call == 0, final=final)
+                if final:
                     return
                 await asyncio.sleep(retry_pause_s)
                 continue
@@ -473,32 +505,18 @@ async def drive(
                 rep.failed += 1
                 rep.final_errors[_error_code(exc)] += 1
                 return
-            if key.k_af != job.expected():
-                rep.wrong += 1
-                return
-            rep.done_at.append(time.monotonic())
-            if call == 0:
-                rep.answered += 1
-            else:
-                rep.retried_ok += 1
+            rep.answer(correct=key.k_af == job.expected(), first_call=call == 0)
             return
 
-    pace = asyncio.Lock()
-    next_start = time.monotonic()
+    pacer = _Pacer(rate_per_s)
 
     async def worker() -> None:
-        nonlocal next_start
         while True:
             try:
                 job = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            if rate_per_s:
-                async with pace:
-                    wait = next_start - time.monotonic()
-                    if wait > 0:
-                        await asyncio.sleep(wait)
-                    next_start = max(next_start, time.monotonic()) + 1.0 / rate_per_s
+            await pacer.turn()
             await one(job)
 
     await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
@@ -571,7 +589,7 @@ class WorkerProcess:
         self.generation += 1
         # Each run of the worker appends to the same log, so the audit count covers all of them.
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
+            self.proc = subprocess.Popen(  # noqa: S603 - this interpreter and our module
                 [sys.executable, "-m", self.module],
                 env=self.env,
                 cwd=REPO,
