@@ -102,7 +102,7 @@ class Demo:
 
     def spawn(self, label: str, module: str, env: dict[str, str]) -> None:
         log = open(self.work / f"{label}.log", "wb")  # noqa: SIM115 - owned by the child
-        self.procs[label] = subprocess.Popen(
+        self.procs[label] = subprocess.Popen(  # noqa: S603 - this interpreter and our module
             [sys.executable, "-m", module], env=env, stdout=log, stderr=subprocess.STDOUT,
             cwd=REPO, stdin=subprocess.DEVNULL,
         )
