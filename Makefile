@@ -56,8 +56,10 @@ test-unit: venv
 test-integration: venv prereqs
 	$(PY) -m pytest -q tests/integration
 
+# Both are config-driven (pyproject.toml): ruff over every Python file in the tree, mypy over
+# the packages listed under [tool.mypy].
 lint: venv
-	$(PY) -m ruff check broker_adapter akma_contract network_side as_side infra tests scripts bench
+	$(PY) -m ruff check .
 	$(PY) -m mypy
 
 bench: venv prereqs

@@ -8,14 +8,18 @@ to a file. Timestamps crossing the process boundary are ``time.time()`` (one mac
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+
+import cryptography
 
 from akma_contract import topology
 from broker_adapter.runtime import SecuritySettings
@@ -117,9 +121,8 @@ class Deployment:
         for key, value in sec.items():
             if value is None:
                 continue
-            if isinstance(value, list):
-                value = json.dumps(value)
-            env[f"{prefix}SECURITY__{key.upper()}"] = str(value)
+            text = json.dumps(value) if isinstance(value, list) else str(value)
+            env[f"{prefix}SECURITY__{key.upper()}"] = text
         return env
 
 
@@ -155,10 +158,6 @@ def group_cpu_seconds(pgid: int) -> float | None:
 
 
 def machine_info() -> dict[str, Any]:
-    import platform
-
-    import cryptography
-
     load = os.getloadavg()
     return {
         "python": sys.version.split()[0],
@@ -183,18 +182,21 @@ def _cpu_model() -> str:
 class Child:
     """A child process speaking the JSON-lines protocol on stdout."""
 
-    def __init__(self, label: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None):
+    def __init__(
+        self, label: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None
+    ):
         self.label = label
         self.log_path = log_path
         log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
         try:
-            self.proc = subprocess.Popen(
+            self.proc = subprocess.Popen(  # noqa: S603 - argv is this interpreter or py-spy
                 argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=log,
                 stdin=subprocess.DEVNULL,
             )
         finally:
             log.close()
-        assert self.proc.stdout is not None
+        if self.proc.stdout is None:
+            raise ChildFailedError(f"{label}: started without a stdout pipe")
         self._out: IO[bytes] = self.proc.stdout
 
     @classmethod
@@ -205,8 +207,8 @@ class Child:
             # Sampling profile of every child (py-spy, collapsed stacks), for bench/profile.py.
             spy = Path(sys.executable).with_name("py-spy")
             out = Path(profile_dir) / f"{label}.txt"
-            argv = [str(spy), "record", "--format", "raw", "--rate", "250", "--nonblocking", "--threads",
-                    "-o", str(out), "--", *argv]
+            argv = [str(spy), "record", "--format", "raw", "--rate", "250", "--nonblocking",
+                    "--threads", "-o", str(out), "--", *argv]
         return cls(label, argv, work / f"{label}.log")
 
     def cpu_s(self) -> float:
@@ -240,10 +242,8 @@ class Child:
     def stop(self, timeout_s: float = 20.0, *, grace_s: float = 0.0) -> int:
         """Terminate the child; ``grace_s`` first lets one that is finishing exit by itself."""
         if grace_s > 0:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                pass
         if self.proc.poll() is None:
             self.proc.terminate()
             try:

@@ -278,12 +278,12 @@ async def envelope_sizes(dep: Deployment, akma: AkmaFixture) -> dict[str, int]:
     party = await open_secure_party(dep.broker_settings(AF), dep.security_settings(AF))
     try:
         request = AkmaAfKeyRequest(af_id=make_af_id(AF, UA_TLS13_SHARED_KEY), a_kid=akma.a_kids[0])
-        req, _ = party.endpoint.seal(NETWORK, request.MSG_TYPE, request.to_body())
+        req, _ = party.endpoint.seal_now(NETWORK, request.MSG_TYPE, request.to_body())
         answer = AkmaAfKeyData(k_af=os.urandom(32), expiry_ms=system_clock_ms() + 3_600_000,
                                supi="imsi-001010000000001")
         # Sealed by us to the network, the answer differs from the real one only by the length
         # of the two names, a few bytes.
-        rep, _ = party.endpoint.seal(NETWORK, answer.MSG_TYPE, answer.to_body())
+        rep, _ = party.endpoint.seal_now(NETWORK, answer.MSG_TYPE, answer.to_body())
         return {"request": len(req), "reply": len(rep)}
     finally:
         await party.close()

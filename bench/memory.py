@@ -15,10 +15,13 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from redis.asyncio import Redis
+
 from bench.redis_util import RedisPrefix
 from broker_adapter.clock import system_clock_ms
 from broker_adapter.envelope import DEFAULT_SKEW_MS, DEFAULT_WINDOW_MS
 from broker_adapter.replay import ClaimRequest, ReplayGuard, ReplayStore
+from broker_adapter.replay_stores.redis import RedisReplayStore
 from broker_adapter.replay_stores.sqlite import SqliteReplayStore
 
 SENDER = "af1.example.com"
@@ -68,8 +71,6 @@ async def sqlite_bytes_per_id(path: Path, ids: int) -> dict[str, Any]:
 
 async def redis_bytes_per_id(redis: RedisPrefix, ids: int) -> dict[str, Any]:
     from redis import Redis
-
-    from broker_adapter.replay_stores.redis import RedisReplayStore
 
     redis.clean()
     client = Redis.from_url(redis.url, decode_responses=False)

@@ -17,60 +17,67 @@ TARGETS: dict[str, tuple[str, float]] = {
 
 
 def headline(results: dict[str, Any]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    tp = results.get("throughput")
-    if tp:
-        variants = tp["variants"]
-        if "secured_sqlite" in variants:
-            out["throughput_ratio"] = variants["secured_sqlite"]["ratio_to_plain"]
-        if "secured_redis" in variants:
-            out["throughput_ratio_redis"] = variants["secured_redis"]["ratio_to_plain"]
-        if "transport" in variants and "secured_sqlite" in variants:
-            # Not a target: the security's own cost over our shell (the headline ratio also
-            # contains what our shell gains over stock aio-pika).
-            out["secured_vs_transport_ratio"] = (
-                variants["secured_sqlite"]["msg_per_s"] / variants["transport"]["msg_per_s"])
-        if "transport_signed" in variants:
-            # Not a target: the same floor on our shell, the best any secured path built on it
-            # could do while signing every message.
-            out["signature_floor_on_shell_ratio"] = variants["transport_signed"]["ratio_to_plain"]
-        if "plain_signed" in variants:
-            # Not a target: the ceiling that one signature per message alone leaves any
-            # secured path on this machine (docs/benchmarks.md).
-            out["signature_floor_ratio"] = variants["plain_signed"]["ratio_to_plain"]
+    out = _throughput_headline(results.get("throughput"))
     drain = results.get("drain")
     if drain and "secured_sqlite" in drain["variants"]:
         # Not a target: the consumer alone emptying a backlog, without a producer on the cores.
         out["drain_ratio"] = drain["variants"]["secured_sqlite"]["ratio_to_plain"]
+    out |= _latency_headline(results)
+    for part, name in (("envelope_cpu", "envelope_vs_jose_ratio"), ("scaling", "worker_scaling"),
+                       ("memory", "replay_bytes_per_id")):
+        section = results.get(part)
+        if section:
+            out[name] = section[name]
+    return out
+
+
+def _throughput_headline(tp: dict[str, Any] | None) -> dict[str, float]:
+    out: dict[str, float] = {}
+    if not tp:
+        return out
+    variants = tp["variants"]
+    if "secured_sqlite" in variants:
+        out["throughput_ratio"] = variants["secured_sqlite"]["ratio_to_plain"]
+    if "secured_redis" in variants:
+        out["throughput_ratio_redis"] = variants["secured_redis"]["ratio_to_plain"]
+    if "transport" in variants and "secured_sqlite" in variants:
+        # Not a target: the security's own cost over our shell (the headline ratio also
+        # contains what our shell gains over stock aio-pika).
+        out["secured_vs_transport_ratio"] = (
+            variants["secured_sqlite"]["msg_per_s"] / variants["transport"]["msg_per_s"])
+    if "transport_signed" in variants:
+        # Not a target: the same floor on our shell, the best any secured path built on it
+        # could do while signing every message.
+        out["signature_floor_on_shell_ratio"] = variants["transport_signed"]["ratio_to_plain"]
+    if "plain_signed" in variants:
+        # Not a target: the ceiling that one signature per message alone leaves any
+        # secured path on this machine (docs/benchmarks.md).
+        out["signature_floor_ratio"] = variants["plain_signed"]["ratio_to_plain"]
+    return out
+
+
+def _latency_headline(results: dict[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
     lat = results.get("latency")
-    if lat:
-        # The worst concurrency level is the headline: a p99 that holds only when idle is no
-        # promise.
-        out["rpc_p99_ratio"] = max(level["p99_ratio"] for level in lat["levels"].values())
-        if all("p99_ratio_vs_stock" in level for level in lat["levels"].values()):
-            # Not a target: the same worst level against the echo written with stock aio-pika,
-            # the baseline the throughput part calls plain.
-            out["rpc_p99_ratio_vs_stock"] = max(
-                level["p99_ratio_vs_stock"] for level in lat["levels"].values())
-        busiest = lat["levels"][max(lat["levels"], key=int)]
-        echo_cpu = _cpu_per_request(busiest, "plain")
-        if echo_cpu > 0:  # /proc counts in ticks: a tiny run can read zero
-            # Not a target: under load the latency follows the CPU per request, so the secured
-            # request's CPU over the echo's is what its latency ratio tends to.
-            out["rpc_cpu_ratio"] = _cpu_per_request(busiest, "secured") / echo_cpu
-            pieces = results.get("pieces")
-            if pieces:
-                out["rpc_cpu_floor_ratio"] = rpc_cpu_floor_ratio(
-                    busiest, pieces["us_per_message"])
-    cpu = results.get("envelope_cpu")
-    if cpu:
-        out["envelope_vs_jose_ratio"] = cpu["envelope_vs_jose_ratio"]
-    sc = results.get("scaling")
-    if sc:
-        out["worker_scaling"] = sc["worker_scaling"]
-    mem = results.get("memory")
-    if mem:
-        out["replay_bytes_per_id"] = mem["replay_bytes_per_id"]
+    if not lat:
+        return out
+    # The worst concurrency level is the headline: a p99 that holds only when idle is no
+    # promise.
+    out["rpc_p99_ratio"] = max(level["p99_ratio"] for level in lat["levels"].values())
+    if all("p99_ratio_vs_stock" in level for level in lat["levels"].values()):
+        # Not a target: the same worst level against the echo written with stock aio-pika,
+        # the baseline the throughput part calls plain.
+        out["rpc_p99_ratio_vs_stock"] = max(
+            level["p99_ratio_vs_stock"] for level in lat["levels"].values())
+    busiest = lat["levels"][max(lat["levels"], key=int)]
+    echo_cpu = _cpu_per_request(busiest, "plain")
+    if echo_cpu > 0:  # /proc counts in ticks: a tiny run can read zero
+        # Not a target: under load the latency follows the CPU per request, so the secured
+        # request's CPU over the echo's is what its latency ratio tends to.
+        out["rpc_cpu_ratio"] = _cpu_per_request(busiest, "secured") / echo_cpu
+        pieces = results.get("pieces")
+        if pieces:
+            out["rpc_cpu_floor_ratio"] = rpc_cpu_floor_ratio(busiest, pieces["us_per_message"])
     return out
 
 
@@ -123,95 +130,20 @@ def _baseline_table(lat: dict[str, Any], mode: str, name: str, caption: str) -> 
 
 
 def markdown(results: dict[str, Any]) -> str:
-    lines = [f"# Benchmark results ({results['measured_at']}, {results['mode']} run)", ""]
-    m = results["machine"]
-    lines.append(
-        f"Machine: {m['cpu_model']}, {m['cpus']} CPUs, Python {m['python']}, cryptography "
-        f"{m['cryptography']}; load average before {m['loadavg']}, after "
-        f"{results['machine_after']['loadavg']}. Medians of {results['rounds']} alternating rounds."
-    )
-    lines += ["", "## Targets", "", "| metric | value | target | met |", "|---|---:|---:|---|"]
-    for name, v in results["targets"].items():
-        lines.append(f"| `{name}` | {v['value']:.2f} | {v['target']} | {'yes' if v['met'] else 'NO'} |")
-    for name in ("signature_floor_ratio", "signature_floor_on_shell_ratio",
-                 "secured_vs_transport_ratio", "drain_ratio", "rpc_p99_ratio_vs_stock",
-                 "rpc_cpu_ratio", "rpc_cpu_floor_ratio", "worker_scaling"):
-        if name in results["metrics"]:
-            lines.append(f"| `{name}` | {results['metrics'][name]:.2f} | (reported) | |")
+    lines = _targets_section(results)
     for part in ("throughput", "drain"):
         tp = results.get(part)
-        if not tp:
-            continue
-        title = (f"## Throughput ({tp['count']} messages of {tp['body_bytes']} bytes, "
-                 f"window {tp['window']}, prefetch {tp['prefetch']})"
-                 if part == "throughput" else
-                 f"## Draining a backlog ({tp['count']} messages published first, then one "
-                 f"consumer, prefetch {tp['prefetch']}; msg/s = the consumer's own rate)")
-        lines += ["", title, "",
-                  ("| variant | msg/s | ratio to plain | producer CPU us/msg | consumer CPU us/msg "
-                   "| of it on the loop | loop busy | broker CPU us/msg "
-                   "| frames per write (producer) | runs |"),
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-        for name, row in tp["variants"].items():
-            broker = row.get("broker_cpu_us_per_msg")
-            # "-": stock aio-pika's transport, one socket write per frame.
-            fpw = row.get("producer_frames_per_write")
-            lines.append(
-                f"| {name} | {row['msg_per_s']:.0f} | {row['ratio_to_plain']:.2f} | "
-                f"{row['producer_cpu_us_per_msg']:.0f} | {row['consumer_cpu_us_per_msg']:.0f} | "
-                f"{_num(row.get('consumer_loop_cpu_us_per_msg'), '.0f')} | "
-                f"{_num(row.get('consumer_loop_busy'), '.0%')} | "
-                f"{'-' if broker is None else f'{broker:.0f}'} | "
-                f"{'-' if fpw is None else f'{fpw:.0f}'} | "
-                f"{', '.join(f'{x:.0f}' for x in row['runs_msg_per_s'])} |")
+        if tp:
+            lines += _throughput_section(part, tp)
     lat = results.get("latency")
     if lat:
-        s = lat["sizes_bytes"]
-        lines += ["", f"## K_AF request latency (request {s['request']} B, answer {s['reply']} B)",
-                  "", ("| callers | secured p50 ms | secured p99 ms | plain p50 ms | plain p99 ms | "
-                       "p50 ratio | p99 ratio | secured req/s | plain req/s |"),
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for c, lv in lat["levels"].items():
-            sec, pl = lv["secured"], lv["plain"]
-            lines.append(
-                f"| {c} | {sec['p50_ms']:.2f} | {sec['p99_ms']:.2f} | {pl['p50_ms']:.2f} | "
-                f"{pl['p99_ms']:.2f} | {lv['p50_ratio']:.2f} | {lv['p99_ratio']:.2f} | "
-                f"{sec['req_per_s']:.0f} | {pl['req_per_s']:.0f} |")
-        lines += ["", ("CPU per request (us), secured / plain: the caller process (the AF), the "
-                       "responder process (network worker / plain responder) and the broker."), "",
-                  "| callers | caller | responder | broker |", "|---:|---:|---:|---:|"]
-        for c, lv in lat["levels"].items():
-            sec, pl = lv["secured"], lv["plain"]
-            cells = [f"{sec.get(k, 0):.0f} / {pl.get(k, 0):.0f}" for k in (
-                "caller_cpu_us_per_req", "responder_cpu_us_per_req", "broker_cpu_us_per_req")]
-            lines.append(f"| {c} | " + " | ".join(cells) + " |")
-        lines += _baseline_table(
-            lat, "plain_akma", "plain AKMA",
-            "Plain AKMA: the same NEF/AAnF work (context store, K_AF, audit lines) over plain "
-            "request/response, no envelope or replay guard (reported, not a target).")
-        lines += _baseline_table(
-            lat, "stock", "stock",
-            "Stock echo: the plain echo written with stock aio-pika on asyncio's loop at both "
-            "ends, the baseline the throughput part calls plain (reported, not a target).")
+        lines += _latency_section(lat)
     cpu = results.get("envelope_cpu")
     if cpu:
-        lines += ["", "## Envelope CPU (us per message, process CPU time)", "",
-                  "| path | seal | open | seal+open | bytes | ratio to JOSE |",
-                  "|---|---:|---:|---:|---:|---:|"]
-        for name, row in cpu["suites"].items():
-            mark = " (default)" if name == cpu["default_suite"] else ""
-            lines.append(
-                f"| {name}{mark} | {row['seal_us']:.0f} | {row['open_us']:.0f} | "
-                f"{row['total_us']:.0f} | {row['size_bytes']:.0f} | {row['ratio_to_jose']:.2f} |")
+        lines += _envelope_cpu_section(cpu)
     pc = results.get("pieces")
     if pc:
-        u = pc["us_per_message"]
-        lines += ["", (f"## Secured path pieces in one process ({pc['suite']}, {pc['body_bytes']}-byte "
-                       f"bodies, replay calls {pc['per_turn']} per loop turn, SQLite)"), "",
-                  "| seal | open (checks 1-7) | replay claim | replay complete | total |",
-                  "|---:|---:|---:|---:|---:|",
-                  (f"| {u['seal']:.0f} | {u['open']:.0f} | {u['claim']:.0f} | "
-                   f"{u['complete']:.0f} | {u['total']:.0f} |")]
+        lines += _pieces_section(pc)
     sc = results.get("scaling")
     if sc:
         lines += ["", f"## Worker scaling ({sc['requests']} key requests)", "",
@@ -222,17 +154,131 @@ def markdown(results: dict[str, Any]) -> str:
     if mem:
         lines += ["", "## Replay state per live message id", "", "| store | ids | bytes/id |",
                   "|---|---:|---:|"]
-        for store in ("sqlite", "redis"):
-            if store in mem:
-                lines.append(f"| {store} | {mem[store]['ids']} | {mem[store]['bytes_per_id']:.0f} |")
+        lines += [f"| {store} | {mem[store]['ids']} | {mem[store]['bytes_per_id']:.0f} |"
+                  for store in ("sqlite", "redis") if store in mem]
     return "\n".join(lines) + "\n"
 
 
+def _targets_section(results: dict[str, Any]) -> list[str]:
+    lines = [f"# Benchmark results ({results['measured_at']}, {results['mode']} run)", ""]
+    m = results["machine"]
+    lines.append(
+        f"Machine: {m['cpu_model']}, {m['cpus']} CPUs, Python {m['python']}, cryptography "
+        f"{m['cryptography']}; load average before {m['loadavg']}, after "
+        f"{results['machine_after']['loadavg']}. Medians of {results['rounds']} alternating rounds."
+    )
+    lines += ["", "## Targets", "", "| metric | value | target | met |", "|---|---:|---:|---|"]
+    for name, v in results["targets"].items():
+        lines.append(
+            f"| `{name}` | {v['value']:.2f} | {v['target']} | {'yes' if v['met'] else 'NO'} |"
+        )
+    for name in ("signature_floor_ratio", "signature_floor_on_shell_ratio",
+                 "secured_vs_transport_ratio", "drain_ratio", "rpc_p99_ratio_vs_stock",
+                 "rpc_cpu_ratio", "rpc_cpu_floor_ratio", "worker_scaling"):
+        if name in results["metrics"]:
+            lines.append(f"| `{name}` | {results['metrics'][name]:.2f} | (reported) | |")
+    return lines
+
+
+def _throughput_section(part: str, tp: dict[str, Any]) -> list[str]:
+    title = (f"## Throughput ({tp['count']} messages of {tp['body_bytes']} bytes, "
+             f"window {tp['window']}, prefetch {tp['prefetch']})"
+             if part == "throughput" else
+             f"## Draining a backlog ({tp['count']} messages published first, then one "
+             f"consumer, prefetch {tp['prefetch']}; msg/s = the consumer's own rate)")
+    lines = ["", title, "",
+             ("| variant | msg/s | ratio to plain | producer CPU us/msg | consumer CPU us/msg "
+              "| of it on the loop | loop busy | broker CPU us/msg "
+              "| frames per write (producer) | runs |"),
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for name, row in tp["variants"].items():
+        broker = row.get("broker_cpu_us_per_msg")
+        # "-": stock aio-pika's transport, one socket write per frame.
+        fpw = row.get("producer_frames_per_write")
+        lines.append(
+            f"| {name} | {row['msg_per_s']:.0f} | {row['ratio_to_plain']:.2f} | "
+            f"{row['producer_cpu_us_per_msg']:.0f} | {row['consumer_cpu_us_per_msg']:.0f} | "
+            f"{_num(row.get('consumer_loop_cpu_us_per_msg'), '.0f')} | "
+            f"{_num(row.get('consumer_loop_busy'), '.0%')} | "
+            f"{'-' if broker is None else f'{broker:.0f}'} | "
+            f"{'-' if fpw is None else f'{fpw:.0f}'} | "
+            f"{', '.join(f'{x:.0f}' for x in row['runs_msg_per_s'])} |")
+    return lines
+
+
+def _latency_section(lat: dict[str, Any]) -> list[str]:
+    s = lat["sizes_bytes"]
+    lines = [
+        "",
+        f"## K_AF request latency (request {s['request']} B, answer {s['reply']} B)",
+        "",
+        (
+            "| callers | secured p50 ms | secured p99 ms | plain p50 ms | plain p99 ms | "
+            "p50 ratio | p99 ratio | secured req/s | plain req/s |"
+        ),
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c, lv in lat["levels"].items():
+        sec, pl = lv["secured"], lv["plain"]
+        lines.append(
+            f"| {c} | {sec['p50_ms']:.2f} | {sec['p99_ms']:.2f} | {pl['p50_ms']:.2f} | "
+            f"{pl['p99_ms']:.2f} | {lv['p50_ratio']:.2f} | {lv['p99_ratio']:.2f} | "
+            f"{sec['req_per_s']:.0f} | {pl['req_per_s']:.0f} |")
+    lines += ["", ("CPU per request (us), secured / plain: the caller process (the AF), the "
+                   "responder process (network worker / plain responder) and the broker."), "",
+              "| callers | caller | responder | broker |", "|---:|---:|---:|---:|"]
+    for c, lv in lat["levels"].items():
+        sec, pl = lv["secured"], lv["plain"]
+        cells = [f"{sec.get(k, 0):.0f} / {pl.get(k, 0):.0f}" for k in (
+            "caller_cpu_us_per_req", "responder_cpu_us_per_req", "broker_cpu_us_per_req")]
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    lines += _baseline_table(
+        lat, "plain_akma", "plain AKMA",
+        "Plain AKMA: the same NEF/AAnF work (context store, K_AF, audit lines) over plain "
+        "request/response, no envelope or replay guard (reported, not a target).")
+    lines += _baseline_table(
+        lat, "stock", "stock",
+        "Stock echo: the plain echo written with stock aio-pika on asyncio's loop at both "
+        "ends, the baseline the throughput part calls plain (reported, not a target).")
+    return lines
+
+
+def _envelope_cpu_section(cpu: dict[str, Any]) -> list[str]:
+    lines = ["", "## Envelope CPU (us per message, process CPU time)", "",
+             "| path | seal | open | seal+open | bytes | ratio to JOSE |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, row in cpu["suites"].items():
+        mark = " (default)" if name == cpu["default_suite"] else ""
+        lines.append(
+            f"| {name}{mark} | {row['seal_us']:.0f} | {row['open_us']:.0f} | "
+            f"{row['total_us']:.0f} | {row['size_bytes']:.0f} | {row['ratio_to_jose']:.2f} |")
+    return lines
+
+
+def _pieces_section(pc: dict[str, Any]) -> list[str]:
+    u = pc["us_per_message"]
+    return [
+        "",
+        (
+            f"## Secured path pieces in one process ({pc['suite']}, {pc['body_bytes']}-byte "
+            f"bodies, replay calls {pc['per_turn']} per loop turn, SQLite)"
+        ),
+        "",
+        "| seal | open (checks 1-7) | replay claim | replay complete | total |",
+        "|---:|---:|---:|---:|---:|",
+        (
+            f"| {u['seal']:.0f} | {u['open']:.0f} | {u['claim']:.0f} | "
+            f"{u['complete']:.0f} | {u['total']:.0f} |"
+        ),
+    ]
+
+
 def chart(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
+    # matplotlib is an optional extra (bench, test): only the chart needs it.
+    import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - after use("Agg"), so no display is needed
 
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     fig.suptitle(f"AKMA secure broker: secured vs plain ({results['measured_at']})")
@@ -289,7 +335,9 @@ def chart(results: dict[str, Any], path: Path) -> None:
             # Normalised so that 1.0 is the target and a taller bar is better.
             v = targets[n]["value"]
             values.append(v / bound if op == "ge" else bound / v if v else 0.0)
-        ax.bar(names, values, color=["tab:green" if targets[n]["met"] else "tab:red" for n in names])
+        ax.bar(
+            names, values, color=["tab:green" if targets[n]["met"] else "tab:red" for n in names]
+        )
         ax.axhline(1.0, color="black", linestyle="--")
         ax.set_title("Targets (value normalised: >= 1 meets)")
         ax.tick_params(axis="x", labelrotation=20, labelsize=7)

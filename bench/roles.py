@@ -166,7 +166,7 @@ async def producer(config: dict[str, Any]) -> None:
         endpoint = party.endpoint
 
         async def send(i: int) -> None:
-            data, msg_id = endpoint.seal(NETWORK, BENCH_MSG_TYPE, body)
+            data, msg_id = endpoint.seal_now(NETWORK, BENCH_MSG_TYPE, body)
             await endpoint.publish_sealed(
                 REQUEST_EXCHANGE, NETWORK, data, msg_id, msg_type=BENCH_MSG_TYPE
             )
@@ -208,80 +208,22 @@ class _Counter:
             self.done.set()
 
 
+_Closers = list[Callable[[], Awaitable[None]]]
+
+
 async def consumer(config: dict[str, Any]) -> None:
     broker, security = _settings(config)
-    mode, prefetch = config["mode"], int(config["prefetch"])
+    mode = config["mode"]
     # The producer's warm-up message comes first, so one more than ``count`` arrives.
     counter = _Counter(int(config["count"]) + 1)
-    closers: list[Callable[[], Awaitable[None]]] = []
+    closers: _Closers = []
+    connection: object
     if mode in ("plain", "plain_signed"):
-        connection = await _connect_stock(broker)
-        closers.append(connection.close)
-        channel = await connection.channel(publisher_confirms=False)
-        await channel.set_qos(prefetch_count=prefetch)
-        queue = await channel.declare_queue(REQUEST_QUEUE, passive=True)
-        verify = mode == "plain_signed"
-        public = _FLOOR_KEY.public_key()
-        body_len = int(config["body_bytes"])
-
-        async def on_message(message: AbstractIncomingMessage) -> None:
-            if verify:
-                data = message.body
-                # Body, then the DER signature over it.
-                public.verify(data[body_len:], data[:body_len], _ECDSA)
-            await message.ack()
-            counter.hit()
-
-        await queue.consume(on_message, no_ack=False)
+        connection = await _consume_stock(config, broker, counter, closers)
+    elif mode in ("transport", "transport_signed"):
+        connection = await _consume_transport(config, broker, counter, closers)
     else:
-        batch_consumer: Consumer | None = None
-        if mode in ("transport", "transport_signed"):
-            connection = await connect(broker)
-            publisher = Publisher(connection, broker.identity)
-            closers += [publisher.close, connection.close]
-            verify = mode == "transport_signed"
-            public = _FLOOR_KEY.public_key()
-            body_len = int(config["body_bytes"])
-
-            async def handler(delivery: Delivery) -> Outcome:
-                if verify:
-                    data = delivery.body
-                    public.verify(data[body_len:], data[:body_len], _ECDSA)
-                counter.hit()
-                return Ack()
-
-        else:
-            party = await open_secure_party(broker, security)
-            connection, publisher = party.connection, party.publisher
-            closers.append(party.close)
-            endpoint = party.endpoint
-
-            def count(outcome: Outcome) -> Outcome:
-                if isinstance(outcome, Ack):
-                    counter.hit()
-                else:
-                    counter.rejected += 1
-                    sys.stderr.write(f"not acked: {outcome!r}\n")
-                return outcome
-
-            async def accept(opened: OpenedMessage) -> None:
-                return None
-
-            receiver = SecureReceiver(endpoint, accept)
-
-            async def batch_handler(deliveries: Sequence[Delivery]) -> list[Outcome]:
-                return [count(outcome) for outcome in await receiver(deliveries)]
-
-            batch_consumer = Consumer(connection, REQUEST_QUEUE, batch_handler,
-                                      publisher=publisher, dead_letter_exchange=DEAD_LETTERS,
-                                      prefetch=prefetch)
-        if batch_consumer is None:
-            batch_consumer = Consumer(connection, REQUEST_QUEUE, each(handler),
-                                      publisher=publisher, dead_letter_exchange=DEAD_LETTERS,
-                                      prefetch=prefetch)
-        cons = batch_consumer
-        await cons.start()
-        closers.insert(0, cons.stop)
+        connection = await _consume_secured(config, (broker, security), counter, closers)
     emit("ready")
     await counter.done.wait()
     emit(
@@ -296,6 +238,85 @@ async def consumer(config: dict[str, Any]) -> None:
     )
     for close in closers:
         await close()
+
+
+async def _consume_stock(config: dict[str, Any], broker: BrokerSettings, counter: _Counter,
+                         closers: _Closers) -> AbstractRobustConnection:
+    """Stock aio-pika, verifying the floor's signature in ``plain_signed``."""
+    connection = await _connect_stock(broker)
+    closers.append(connection.close)
+    channel = await connection.channel(publisher_confirms=False)
+    await channel.set_qos(prefetch_count=int(config["prefetch"]))
+    queue = await channel.declare_queue(REQUEST_QUEUE, passive=True)
+    verify = config["mode"] == "plain_signed"
+    public = _FLOOR_KEY.public_key()
+    body_len = int(config["body_bytes"])
+
+    async def on_message(message: AbstractIncomingMessage) -> None:
+        if verify:
+            data = message.body
+            # Body, then the DER signature over it.
+            public.verify(data[body_len:], data[:body_len], _ECDSA)
+        await message.ack()
+        counter.hit()
+
+    await queue.consume(on_message, no_ack=False)
+    return connection
+
+
+async def _consume_transport(config: dict[str, Any], broker: BrokerSettings, counter: _Counter,
+                             closers: _Closers) -> AbstractRobustConnection:
+    """Our ``Consumer`` over our connection, plain bodies (signed in ``transport_signed``)."""
+    connection = await connect(broker)
+    publisher = Publisher(connection, broker.identity)
+    closers += [publisher.close, connection.close]
+    verify = config["mode"] == "transport_signed"
+    public = _FLOOR_KEY.public_key()
+    body_len = int(config["body_bytes"])
+
+    async def handler(delivery: Delivery) -> Outcome:
+        if verify:
+            data = delivery.body
+            public.verify(data[body_len:], data[:body_len], _ECDSA)
+        counter.hit()
+        return Ack()
+
+    cons = Consumer(connection, REQUEST_QUEUE, each(handler), publisher=publisher,
+                    dead_letter_exchange=DEAD_LETTERS, prefetch=int(config["prefetch"]))
+    await cons.start()
+    closers.insert(0, cons.stop)
+    return connection
+
+
+async def _consume_secured(config: dict[str, Any],
+                           settings: tuple[BrokerSettings, SecuritySettings],
+                           counter: _Counter, closers: _Closers) -> AbstractRobustConnection:
+    """The secured path: the receive path of the network worker with a handler that accepts."""
+    party = await open_secure_party(*settings)
+    connection, publisher = party.connection, party.publisher
+    closers.append(party.close)
+
+    def count(outcome: Outcome) -> Outcome:
+        if isinstance(outcome, Ack):
+            counter.hit()
+        else:
+            counter.rejected += 1
+            sys.stderr.write(f"not acked: {outcome!r}\n")
+        return outcome
+
+    async def accept(opened: OpenedMessage) -> None:
+        return None
+
+    receiver = SecureReceiver(party.endpoint, accept)
+
+    async def batch_handler(deliveries: Sequence[Delivery]) -> list[Outcome]:
+        return [count(outcome) for outcome in await receiver(deliveries)]
+
+    cons = Consumer(connection, REQUEST_QUEUE, batch_handler, publisher=publisher,
+                    dead_letter_exchange=DEAD_LETTERS, prefetch=int(config["prefetch"]))
+    await cons.start()
+    closers.insert(0, cons.stop)
+    return connection
 
 
 async def plain_responder(config: dict[str, Any]) -> None:

@@ -14,6 +14,7 @@ import asyncio
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -56,13 +57,100 @@ def _sizes(quick: bool, tiny: bool) -> dict[str, Any]:
             "mem": 20000, "subscribers": 256, "pieces": 4000}
 
 
-async def _broker_parts(dep: Deployment, parts: set[str], sizes: dict[str, Any], rounds: int,
-                        redis: RedisPrefix | None, results: dict[str, Any],
-                        tp_variants: tuple[str, ...]) -> None:
+# The broker-backed parts; the others run in this process.
+_BROKER_PARTS = frozenset({"throughput", "drain", "latency", "scaling"})
+# Envelope CPU and pieces take medians, so they run at least this many rounds.
+_MIN_CPU_ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What one run measures, from the command line."""
+
+    parts: set[str]
+    sizes: dict[str, Any]
+    rounds: int
+    tp_variants: tuple[str, ...]
+    mode: str
+    work: Path
+    out: Path
+    use_redis: bool
+
+
+def _parse(argv: list[str] | None) -> _Plan:
+    parser = argparse.ArgumentParser(description="secured vs plain benchmarks")
+    parser.add_argument("--quick", action="store_true", help="short smoke run")
+    parser.add_argument("--tiny", action="store_true", help="minimal counts (the smoke test)")
+    parser.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 5)")
+    parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated subset")
+    parser.add_argument(
+        "--tp-variants",
+        default=None,
+        help="throughput variants (default all): plain,transport,secured_sqlite,...",
+    )
+    parser.add_argument("--no-redis", action="store_true", help="skip the Redis variants")
+    parser.add_argument("--work", type=Path, default=REPO / "var" / "bench")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    args = parser.parse_args(argv)
+    parts = set(args.parts.split(","))
+    if unknown := parts - set(PARTS):
+        parser.error(f"unknown parts: {sorted(unknown)}")
+    rounds = args.rounds if args.rounds is not None else (1 if args.tiny else 5)
+    if rounds < 1:
+        parser.error("--rounds must be positive")
+    sizes = _sizes(args.quick, args.tiny)
+    tp_variants = tuple(args.tp_variants.split(",")) if args.tp_variants else DEFAULT_VARIANTS
+    known = [*VARIANTS, *ASYNCIO_LOOP_VARIANTS]
+    if set(tp_variants) - set(known) or "plain" not in tp_variants:
+        parser.error(f"throughput variants must include plain and be among {known}")
+    mode = "tiny" if args.tiny else "quick" if args.quick else "full"
+    return _Plan(parts=parts, sizes=sizes, rounds=rounds, tp_variants=tp_variants, mode=mode,
+                 work=args.work, out=args.out, use_redis=not args.no_redis)
+
+
+def _in_process_parts(plan: _Plan, redis: RedisPrefix | None, results: dict[str, Any]) -> None:
+    parts, sizes = plan.parts, plan.sizes
+    if "cpu" in parts:
+        _log("== envelope CPU: seal+open per suite vs JOSE")
+        results["envelope_cpu"] = run_cpu(sizes["cpu"], max(plan.rounds, _MIN_CPU_ROUNDS))
+    if "pieces" in parts:
+        _log("== secured path pieces in process (open, claim, complete, seal)")
+        results["pieces"] = run_pieces(sizes["pieces"], max(plan.rounds, _MIN_CPU_ROUNDS))
+    if "memory" in parts:
+        _log("== replay state per live message id")
+        results["memory"] = asyncio.run(
+            run_memory(_workdir(plan.work / "memory"), redis, sizes["mem"]))
+
+
+def _with_broker(plan: _Plan, redis: RedisPrefix | None, results: dict[str, Any]) -> None:
+    """The broker-backed parts on a fresh isolated node, stopped afterwards."""
+    if not plan.parts & _BROKER_PARTS:
+        return
+    pki = ensure_dev_pki(plan.work / "pki", afs=[AF])
+    broker = LocalBroker(plan.work / "broker", pki)
+    if broker.is_running():
+        broker.stop()
+    # A node without earlier runs' queue logs and segments: every run starts alike.
+    shutil.rmtree(plan.work / "broker" / "mnesia", ignore_errors=True)
+    _log("== starting the bench broker (isolated TLS RabbitMQ node)")
+    endpoint = broker.start()
+    _log(f"   ready in {broker.boot_seconds}s at {endpoint.amqp_url}")
+    try:
+        dep = Deployment(endpoint, pki, _workdir(plan.work / "run"), broker.process_group)
+        asyncio.run(_broker_parts(dep, plan, redis, results))
+    finally:
+        broker.stop()
+        _log("   broker stopped")
+
+
+async def _broker_parts(
+    dep: Deployment, plan: _Plan, redis: RedisPrefix | None, results: dict[str, Any]
+) -> None:
+    parts, sizes, rounds = plan.parts, plan.sizes, plan.rounds
     if "throughput" in parts:
         _log("== throughput: producer and consumer processes")
         results["throughput"] = run_throughput(
-            dep, ThroughputConfig(count=sizes["tp"], rounds=rounds, variants=tp_variants),
+            dep, ThroughputConfig(count=sizes["tp"], rounds=rounds, variants=plan.tp_variants),
             redis, _log)
     if "drain" in parts:
         _log("== draining a backlog: publish first, then one consumer process")
@@ -83,66 +171,20 @@ async def _broker_parts(dep: Deployment, parts: set[str], sizes: dict[str, Any],
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="secured vs plain benchmarks")
-    parser.add_argument("--quick", action="store_true", help="short smoke run")
-    parser.add_argument("--tiny", action="store_true", help="minimal counts (the smoke test)")
-    parser.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 5)")
-    parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated subset")
-    parser.add_argument("--tp-variants", default=None,
-                        help="throughput variants (default all): plain,transport,secured_sqlite,...")
-    parser.add_argument("--no-redis", action="store_true", help="skip the Redis variants")
-    parser.add_argument("--work", type=Path, default=REPO / "var" / "bench")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
-    args = parser.parse_args(argv)
-    parts = set(args.parts.split(","))
-    if unknown := parts - set(PARTS):
-        parser.error(f"unknown parts: {sorted(unknown)}")
-    rounds = args.rounds if args.rounds is not None else (1 if args.tiny else 5)
-    if rounds < 1:
-        parser.error("--rounds must be positive")
-    sizes = _sizes(args.quick, args.tiny)
-    tp_variants = tuple(args.tp_variants.split(",")) if args.tp_variants else DEFAULT_VARIANTS
-    known = [*VARIANTS, *ASYNCIO_LOOP_VARIANTS]
-    if set(tp_variants) - set(known) or "plain" not in tp_variants:
-        parser.error(f"throughput variants must include plain and be among {known}")
-    mode = "tiny" if args.tiny else "quick" if args.quick else "full"
+    plan = _parse(argv)
     started = time.monotonic()
     results: dict[str, Any] = {
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "mode": mode,
-        "rounds": rounds,
+        "mode": plan.mode,
+        "rounds": plan.rounds,
         "machine": machine_info(),
     }
-    redis = None if args.no_redis else RedisPrefix.open()
+    redis = RedisPrefix.open() if plan.use_redis else None
     if redis is None:
         _log("Redis not reachable (or --no-redis): the Redis variants are skipped")
     try:
-        if "cpu" in parts:
-            _log("== envelope CPU: seal+open per suite vs JOSE")
-            results["envelope_cpu"] = run_cpu(sizes["cpu"], max(rounds, 3))
-        if "pieces" in parts:
-            _log("== secured path pieces in process (open, claim, complete, seal)")
-            results["pieces"] = run_pieces(sizes["pieces"], max(rounds, 3))
-        if "memory" in parts:
-            _log("== replay state per live message id")
-            results["memory"] = asyncio.run(
-                run_memory(_workdir(args.work / "memory"), redis, sizes["mem"]))
-        if parts & {"throughput", "drain", "latency", "scaling"}:
-            pki = ensure_dev_pki(args.work / "pki", afs=[AF])
-            broker = LocalBroker(args.work / "broker", pki)
-            if broker.is_running():
-                broker.stop()
-            # A node without earlier runs' queue logs and segments: every run starts alike.
-            shutil.rmtree(args.work / "broker" / "mnesia", ignore_errors=True)
-            _log("== starting the bench broker (isolated TLS RabbitMQ node)")
-            endpoint = broker.start()
-            _log(f"   ready in {broker.boot_seconds}s at {endpoint.amqp_url}")
-            try:
-                dep = Deployment(endpoint, pki, _workdir(args.work / "run"), broker.process_group)
-                asyncio.run(_broker_parts(dep, parts, sizes, rounds, redis, results, tp_variants))
-            finally:
-                broker.stop()
-                _log("   broker stopped")
+        _in_process_parts(plan, redis, results)
+        _with_broker(plan, redis, results)
     finally:
         if redis is not None:
             redis.close()
@@ -150,10 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     results["duration_s"] = round(time.monotonic() - started, 1)
     results["metrics"] = headline(results)
     results["targets"] = verdicts(results["metrics"])
-    text = write_all(results, args.out)
+    text = write_all(results, plan.out)
     print()
     print(text)
-    print(f"wrote {args.out / 'latest.json'}, latest.md, latest.png in {results['duration_s']} s")
+    print(f"wrote {plan.out / 'latest.json'}, latest.md, latest.png in {results['duration_s']} s")
     missed = [n for n, v in results["targets"].items() if not v["met"]]
     if missed:
         print(f"targets missed (reported, not a failure): {', '.join(missed)}")

@@ -36,7 +36,7 @@ async def _drive(party: SecureParty, akma: AkmaFixture, cfg: ScalingConfig) -> f
     sealed = []
     for i in range(cfg.requests):
         body = AkmaAfKeyRequest(af_id=af_id, a_kid=akma.a_kids[i % len(akma.a_kids)]).to_body()
-        sealed.append(party.endpoint.seal(NETWORK, AkmaAfKeyRequest.MSG_TYPE, body))
+        sealed.append(party.endpoint.seal_now(NETWORK, AkmaAfKeyRequest.MSG_TYPE, body))
     channel = await party.connection.channel(publisher_confirms=True)
     inbox_channel = await party.connection.channel(publisher_confirms=False)
     await inbox_channel.set_qos(prefetch_count=512)

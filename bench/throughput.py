@@ -64,10 +64,10 @@ class ThroughputConfig:
     drain: bool = False
 
 
-def _one_run(dep: Deployment, variant: str, cfg: ThroughputConfig, run: int,
-             redis: RedisPrefix | None) -> dict[str, Any]:
-    event_loop = "asyncio" if variant in ASYNCIO_LOOP_VARIANTS else "auto"
-    mode, store, overrides = VARIANTS[ASYNCIO_LOOP_VARIANTS.get(variant, variant)]
+def _consumer_security(dep: Deployment, variant: str, run: int,
+                       redis: RedisPrefix | None) -> dict[str, Any]:
+    """The consumer's security settings: a fresh SQLite file per run, or the Redis prefix."""
+    _, store, overrides = VARIANTS[ASYNCIO_LOOP_VARIANTS.get(variant, variant)]
     security: dict[str, Any] = {"replay_store": store, **overrides}
     if store == "sqlite":
         path = dep.work / f"tp-replay-{variant}-{run}.sqlite3"
@@ -75,8 +75,17 @@ def _one_run(dep: Deployment, variant: str, cfg: ThroughputConfig, run: int,
             path.with_name(path.name + suffix).unlink(missing_ok=True)
         security["replay_sqlite_path"] = str(path)
     if store == "redis":
-        assert redis is not None
+        if redis is None:
+            raise ValueError(f"variant {variant} needs Redis")
         security.update(replay_redis_url=redis.url, replay_redis_prefix=redis.prefix)
+    return security
+
+
+def _one_run(dep: Deployment, variant: str, cfg: ThroughputConfig, run: int,
+             redis: RedisPrefix | None) -> dict[str, Any]:
+    event_loop = "asyncio" if variant in ASYNCIO_LOOP_VARIANTS else "auto"
+    mode, store, overrides = VARIANTS[ASYNCIO_LOOP_VARIANTS.get(variant, variant)]
+    security = _consumer_security(dep, variant, run, redis)
     label = f"{'drain' if cfg.drain else 'tp'}-{variant}-{run}"
 
     def consumer() -> Child:
@@ -111,7 +120,8 @@ def _one_run(dep: Deployment, variant: str, cfg: ThroughputConfig, run: int,
         broker0 = dep.broker_cpu_s()
         if not cfg.drain:
             p = prod.event("result", timeout)
-        assert cons is not None
+        if cons is None:
+            raise RuntimeError("the consumer was never started")
         c = cons.event("result", timeout)
         broker1 = dep.broker_cpu_s()
     finally:
@@ -175,6 +185,6 @@ def run_throughput(dep: Deployment, cfg: ThroughputConfig, redis: RedisPrefix | 
         } | {"runs_msg_per_s": [round(r["msg_per_s"], 1) for r in results],
              "rejected": sum(r["rejected"] for r in results)}
     plain = out["variants"]["plain"]["msg_per_s"]
-    for variant, row in out["variants"].items():
+    for row in out["variants"].values():
         row["ratio_to_plain"] = row["msg_per_s"] / plain
     return out

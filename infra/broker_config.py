@@ -28,6 +28,8 @@ CONTAINER_CONF_DIR = "/etc/rabbitmq/conf.d"
 CONTAINER_AMQPS_PORT = 5671
 CONTAINER_MANAGEMENT_PORT = 15671
 CONTAINER_PROMETHEUS_PORT = 15691
+# Inside the container every interface is the container's own; the host maps the ports it wants.
+CONTAINER_BIND_IP = "0.0.0.0"  # noqa: S104
 
 
 @dataclass(frozen=True)
@@ -95,11 +97,11 @@ def stage_container_config(
     defs = write_definitions(conf_d / "definitions.json", layout, afs)
     defs.chmod(0o644)
     settings = ListenerSettings(
-        amqp_ip="0.0.0.0",
+        amqp_ip=CONTAINER_BIND_IP,
         amqp_port=CONTAINER_AMQPS_PORT,
-        management_ip="0.0.0.0",
+        management_ip=CONTAINER_BIND_IP,
         management_port=CONTAINER_MANAGEMENT_PORT,
-        prometheus_ip="0.0.0.0",
+        prometheus_ip=CONTAINER_BIND_IP,
         prometheus_port=CONTAINER_PROMETHEUS_PORT,
         cacertfile=f"{CONTAINER_CONF_DIR}/ca.crt",
         certfile=f"{CONTAINER_CONF_DIR}/server.crt",

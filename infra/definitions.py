@@ -40,9 +40,12 @@ VHOST = "akma"
 POLICY_NAME = "akma-queues"
 DELIVERY_LIMIT = 5
 ADMIN_USER = "admin"
-PASSWORD_HASHING = "rabbit_password_hashing_sha256"
+PASSWORD_HASHING = "rabbit_password_hashing_sha256"  # noqa: S105 - a module name, not a secret
 
 JsonDict = dict[str, Any]
+
+
+_SALT_BYTES = 4
 
 
 def rabbit_password_hash(password: str, salt: bytes) -> str:
@@ -51,7 +54,7 @@ def rabbit_password_hash(password: str, salt: bytes) -> str:
     RabbitMQ keeps base64(salt || SHA-256(salt || UTF-8 password)) with a 4-byte salt; computing it
     here lets the admin password live only in the PKI directory, never in the definitions file.
     """
-    if len(salt) != 4:
+    if len(salt) != _SALT_BYTES:
         raise PkiError("RabbitMQ password salts are 4 bytes")
     digest = hashlib.sha256(salt + password.encode("utf-8")).digest()
     return base64.b64encode(salt + digest).decode("ascii")

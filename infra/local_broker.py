@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import base64
 import concurrent.futures
+import contextlib
 import json
 import os
 import random
@@ -92,9 +93,13 @@ def _ephemeral_port() -> int:
         return port
 
 
+# AMQPS, management and Prometheus take ephemeral ports; Erlang distribution its own range.
+_EPHEMERAL_LISTENERS = 3
+
+
 def _dist_port() -> int:
     for _ in range(200):
-        port = random.randrange(*_DIST_PORT_RANGE)
+        port = random.randrange(*_DIST_PORT_RANGE)  # noqa: S311 - a port to try, not a secret
         if _port_is_free(port) and _port_is_free(port + 10000):
             return port
     raise BrokerStartError("no free Erlang distribution port found")
@@ -111,7 +116,7 @@ class NodePorts:
     def allocate(cls) -> NodePorts:
         taken: set[int] = set()
         ports: list[int] = []
-        while len(ports) < 3:
+        while len(ports) < _EPHEMERAL_LISTENERS:
             port = _ephemeral_port()
             if port not in taken:
                 taken.add(port)
@@ -135,7 +140,7 @@ def client_ssl_context(pki: PkiLayout, party: str) -> ssl.SSLContext:
 
 async def _amqp_probe(url: str, context: ssl.SSLContext, queue: str, timeout: float) -> None:
     # Imported here so that PKI and config tooling work without the AMQP client installed.
-    import aiormq
+    import aiormq  # noqa: PLC0415
 
     connection = await asyncio.wait_for(aiormq.connect(url, context=context), timeout)
     try:
@@ -167,10 +172,11 @@ def probe_management(endpoint: BrokerEndpoint, timeout: float = 5.0) -> dict[str
         raise BrokerStateError("this broker has no management URL")
     ctx = ssl.create_default_context(cafile=str(endpoint.ca))
     token = base64.b64encode(f"admin:{endpoint.admin_password()}".encode()).decode()
-    request = urllib.request.Request(
+    # The node's own https:// management URL, from its endpoint file.
+    request = urllib.request.Request(  # noqa: S310
         f"{endpoint.management_url}/api/overview", headers={"Authorization": f"Basic {token}"}
     )
-    with urllib.request.urlopen(request, timeout=timeout, context=ctx) as response:
+    with urllib.request.urlopen(request, timeout=timeout, context=ctx) as response:  # noqa: S310
         data: dict[str, Any] = json.loads(response.read())
         return data
 
@@ -340,7 +346,10 @@ class LocalBroker:
             RABBITMQ_PLUGINS_EXPAND_DIR=str(w / "plugins-expand"),
             RABBITMQ_DIST_PORT=str(self.ports.dist),
             # Keep Erlang distribution on loopback, like every other listener of this node.
-            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1} +sbwt none +sbwtdcpu none +sbwtdio none",
+            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=(
+                "-kernel inet_dist_use_interface {127,0,0,1} "
+                "+sbwt none +sbwtdcpu none +sbwtdio none"
+            ),
             RABBITMQ_CTL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}",
         )
         return env
@@ -407,7 +416,7 @@ class LocalBroker:
         started = time.monotonic()
         stdout = open(self._stdout_file, "ab")  # noqa: SIM115 - handed to the child process
         try:
-            self._proc = subprocess.Popen(
+            self._proc = subprocess.Popen(  # noqa: S603 - the installed server script, no shell
                 [str(self._bin / "rabbitmq-server")],
                 env=self._env(),
                 cwd=self.workdir,
@@ -463,7 +472,7 @@ class LocalBroker:
         return "\n".join(parts) if parts else "(no log written)"
 
     def _ctl(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
+        return subprocess.run(  # noqa: S603 - the installed rabbitmqctl, no shell
             [str(self._bin / "rabbitmqctl"), "-n", self.nodename, *args],
             env=self._env(),
             cwd=self.workdir,
@@ -488,10 +497,8 @@ class LocalBroker:
     def _signal_group(self, sig: signal.Signals) -> None:
         if self._state.pgid is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self._state.pgid, sig)
-        except ProcessLookupError:
-            pass
 
     def _force_stop(self) -> None:
         self._signal_group(signal.SIGTERM)
@@ -502,10 +509,8 @@ class LocalBroker:
 
     def _mark_stopped(self) -> None:
         if self._proc is not None:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self._proc.wait(timeout=5.0)
-            except subprocess.TimeoutExpired:
-                pass
         self._proc = None
         self._state.pgid = None
         self._save_state()

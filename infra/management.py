@@ -19,13 +19,14 @@ class Management:
 
     def call(self, method: str, path: str, payload: Any = None) -> Any:
         data = None if payload is None else json.dumps(payload).encode()
-        request = urllib.request.Request(
+        # The deployment's own https:// management base URL.
+        request = urllib.request.Request(  # noqa: S310
             self._base + path,
             data=data,
             method=method,
             headers={"Authorization": self._auth, "Content-Type": "application/json"},
         )
-        with urllib.request.urlopen(request, context=self._ctx, timeout=15) as response:
+        with urllib.request.urlopen(request, context=self._ctx, timeout=15) as response:  # noqa: S310
             body = response.read()
         return json.loads(body) if body else None
 
@@ -43,12 +44,14 @@ class Management:
             self._q(vhost, queue) + "/get",
             {"count": count, "ackmode": mode, "encoding": "base64"},
         )
-        assert isinstance(result, list)
+        if not isinstance(result, list):
+            raise TypeError(f"expected a list of messages, got {type(result).__name__}")
         return result
 
     def queue(self, vhost: str, queue: str) -> dict[str, Any]:
         result = self.call("GET", self._q(vhost, queue))
-        assert isinstance(result, dict)
+        if not isinstance(result, dict):
+            raise TypeError(f"expected a queue object, got {type(result).__name__}")
         return result
 
     def purge(self, vhost: str, queue: str) -> None:

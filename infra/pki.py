@@ -146,29 +146,41 @@ def create_ca(
     return cert, key
 
 
+_DER_OCTET_STRING = 0x04
+# enc-pq.key: the ML-KEM-768 block, then the X25519 block.
+_HYBRID_PEM_BLOCKS = 2
+# DER length octets: below this the length itself, else this bit plus the count of length bytes.
+_DER_LONG_LENGTH = 0x80
+# Tag and first length octet.
+_DER_HEADER = 2
+# Longest length we accept (4 bytes: far beyond any key a certificate carries).
+_DER_MAX_LENGTH_BYTES = 4
+
+
 def _encode_octet_string(data: bytes) -> bytes:
     """DER-encode ``data`` as an ASN.1 OCTET STRING (definite length)."""
     length = len(data)
-    if length < 0x80:
-        header = bytes([0x04, length])
+    if length < _DER_LONG_LENGTH:
+        header = bytes([_DER_OCTET_STRING, length])
     else:
         length_bytes = length.to_bytes((length.bit_length() + 7) // 8, "big")
-        header = bytes([0x04, 0x80 | len(length_bytes)]) + length_bytes
+        header = bytes([_DER_OCTET_STRING, _DER_LONG_LENGTH | len(length_bytes)]) + length_bytes
     return header + data
 
 
 def _decode_octet_string(der: bytes) -> bytes:
     """Parse exactly one DER OCTET STRING and return its contents; raise on anything else."""
-    if len(der) < 2 or der[0] != 0x04:
+    if len(der) < _DER_HEADER or der[0] != _DER_OCTET_STRING:
         raise PkiError("ML-KEM extension is not an OCTET STRING")
     first = der[1]
-    if first < 0x80:
-        length, offset = first, 2
+    if first < _DER_LONG_LENGTH:
+        length, offset = first, _DER_HEADER
     else:
         count = first & 0x7F
-        if count == 0 or count > 4 or len(der) < 2 + count:
+        if count == 0 or count > _DER_MAX_LENGTH_BYTES or len(der) < _DER_HEADER + count:
             raise PkiError("ML-KEM extension has a bad length")
-        length, offset = int.from_bytes(der[2 : 2 + count], "big"), 2 + count
+        length = int.from_bytes(der[_DER_HEADER : _DER_HEADER + count], "big")
+        offset = _DER_HEADER + count
     if len(der) != offset + length:
         raise PkiError("ML-KEM extension has trailing or missing bytes")
     return der[offset:]
@@ -224,31 +236,38 @@ def issue_cert(
             critical=False,
         )
     )
+    return _with_usage(builder, purpose, mlkem_public_bytes).sign(ca_key, hashes.SHA256())
+
+
+def _with_usage(
+    builder: x509.CertificateBuilder, purpose: Purpose, mlkem_public_bytes: bytes | None
+) -> x509.CertificateBuilder:
+    """The key usage (and extended key usage, or ML-KEM key) extensions fitting ``purpose``."""
     if purpose == "tls-client":
         builder = builder.add_extension(_key_usage(digital_signature=True), critical=True)
-        builder = builder.add_extension(
+        return builder.add_extension(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
         )
-    elif purpose == "tls-server":
+    if purpose == "tls-server":
         builder = builder.add_extension(
             _key_usage(digital_signature=True, key_encipherment=True), critical=True
         )
-        builder = builder.add_extension(
+        return builder.add_extension(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
         )
-    elif purpose == "sign":
-        builder = builder.add_extension(_key_usage(digital_signature=True), critical=True)
-    else:
-        builder = builder.add_extension(_key_usage(key_agreement=True), critical=True)
-        if purpose == "enc-pq":
-            assert mlkem_public_bytes is not None
-            builder = builder.add_extension(
-                x509.UnrecognizedExtension(
-                    MLKEM_EXTENSION_OID, _encode_octet_string(mlkem_public_bytes)
-                ),
-                critical=False,
-            )
-    return builder.sign(ca_key, hashes.SHA256())
+    if purpose == "sign":
+        return builder.add_extension(_key_usage(digital_signature=True), critical=True)
+    builder = builder.add_extension(_key_usage(key_agreement=True), critical=True)
+    if purpose == "enc-pq":
+        if mlkem_public_bytes is None:
+            raise PkiError("an enc-pq certificate needs the ML-KEM-768 public key")
+        builder = builder.add_extension(
+            x509.UnrecognizedExtension(
+                MLKEM_EXTENSION_OID, _encode_octet_string(mlkem_public_bytes)
+            ),
+            critical=False,
+        )
+    return builder
 
 
 def mlkem_public_key_from_cert(cert: x509.Certificate) -> bytes:
@@ -514,7 +533,7 @@ def load_hybrid_private_key_parts(
     except OSError as exc:
         raise PkiError(f"cannot read {path}: {exc}") from exc
     blocks = list(_pem_blocks(data))
-    if len(blocks) != 2:
+    if len(blocks) != _HYBRID_PEM_BLOCKS:
         raise PkiError(f"{path}: expected 2 PEM blocks (ML-KEM-768, X25519), found {len(blocks)}")
     try:
         first = serialization.load_pem_private_key(blocks[0], password=None)
@@ -616,6 +635,51 @@ def _sign_alg_matches(key_path: Path, sign_alg: str) -> bool:
     return isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1)
 
 
+def _key_fits(cert: x509.Certificate, key_path: Path, purpose: Purpose, sign_alg: str) -> bool:
+    """Whether the key file holds the certificate's key (of ``sign_alg`` for a signing key)."""
+    if purpose == "enc-pq":
+        try:
+            mlkem_key, x_key = load_hybrid_private_key_parts(key_path)
+            return (
+                _same_public_key(cert, x_key)
+                and mlkem_public_key_from_cert(cert) == mlkem_key.public_key().public_bytes_raw()
+            )
+        except PkiError:
+            return False
+    try:
+        keep = _same_public_key(cert, load_private_key(key_path))
+    except PkiError:
+        return False
+    if keep and purpose == "sign":
+        keep = _sign_alg_matches(key_path, sign_alg)
+    return keep
+
+
+def _new_key(
+    key_path: Path, purpose: Purpose, sign_alg: str
+) -> tuple[CertificateIssuerPublicKeyTypes | x25519.X25519PublicKey, bytes | None]:
+    """Write a fresh key for ``purpose``; its public key (and ML-KEM public key for enc-pq)."""
+    if purpose == "enc-pq":
+        mlkem_key = mlkem.MLKEM768PrivateKey.generate()
+        x_key = x25519.X25519PrivateKey.generate()
+        _write_atomic(key_path, _hybrid_key_bytes(mlkem_key, x_key), 0o600)
+        return x_key.public_key(), mlkem_key.public_key().public_bytes_raw()
+    key: PrivateKeyTypes
+    if purpose == "sign":
+        key = _new_signing_key(sign_alg)
+    elif purpose == "enc":
+        key = x25519.X25519PrivateKey.generate()
+    else:
+        key = ec.generate_private_key(ec.SECP256R1())
+    _write_key(key_path, key)
+    pub = key.public_key()
+    if not isinstance(
+        pub, (ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey, x25519.X25519PublicKey)
+    ):
+        raise PkiError(f"unexpected {purpose} key type {type(pub).__name__}")
+    return pub, None
+
+
 def _ensure_pair(
     cert_path: Path,
     key_path: Path,
@@ -631,49 +695,9 @@ def _ensure_pair(
     """Keep a usable certificate/key pair, else make a fresh key and certificate."""
     ca_cert, ca_key = ca
     cert = _cert_usable(cert_path, key_path, ca_cert, revoked, now)
-    if cert is not None:
-        if purpose == "enc-pq":
-            try:
-                mlkem_key, x_key = load_hybrid_private_key_parts(key_path)
-                keep = (
-                    _same_public_key(cert, x_key)
-                    and mlkem_public_key_from_cert(cert)
-                    == mlkem_key.public_key().public_bytes_raw()
-                )
-            except PkiError:
-                keep = False
-        else:
-            try:
-                keep = _same_public_key(cert, load_private_key(key_path))
-            except PkiError:
-                keep = False
-            if keep and purpose == "sign":
-                keep = _sign_alg_matches(key_path, sign_alg)
-        if keep:
-            return
-
-    mlkem_public: bytes | None = None
-    if purpose == "enc-pq":
-        mlkem_key = mlkem.MLKEM768PrivateKey.generate()
-        x_key = x25519.X25519PrivateKey.generate()
-        _write_atomic(key_path, _hybrid_key_bytes(mlkem_key, x_key), 0o600)
-        public_key: CertificateIssuerPublicKeyTypes | x25519.X25519PublicKey = x_key.public_key()
-        mlkem_public = mlkem_key.public_key().public_bytes_raw()
-    else:
-        key: PrivateKeyTypes
-        if purpose == "sign":
-            key = _new_signing_key(sign_alg)
-        elif purpose == "enc":
-            key = x25519.X25519PrivateKey.generate()
-        else:
-            key = ec.generate_private_key(ec.SECP256R1())
-        _write_key(key_path, key)
-        pub = key.public_key()
-        assert isinstance(
-            pub,
-            (ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey, x25519.X25519PublicKey),
-        )
-        public_key = pub
+    if cert is not None and _key_fits(cert, key_path, purpose, sign_alg):
+        return
+    public_key, mlkem_public = _new_key(key_path, purpose, sign_alg)
     cert = issue_cert(
         ca_cert,
         ca_key,

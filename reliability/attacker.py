@@ -45,6 +45,8 @@ KEY_REQUEST = "akma.af_key.request"
 # Array headers of msgpack (fixarray, array16, array32): garbage never starts with one, so that
 # it can only ever be "malformed" and never, by chance, an outer array with a wrong version.
 _ARRAY_HEADERS = frozenset(range(0x90, 0xA0)) | {0xDC, 0xDD}
+# Envelope version 1 as msgpack writes it: a positive fixint, right after the array header.
+_VERSION = 0x01
 
 
 class VerdictKind(StrEnum):
@@ -119,7 +121,8 @@ def _valid_request_body(rng: random.Random) -> bytes:
 
 def _unpack(data: bytes) -> list[Any]:
     value = msgpack.unpackb(data, raw=False)
-    assert isinstance(value, list)
+    if not isinstance(value, list):
+        raise TypeError(f"an envelope is a msgpack array, not {type(value).__name__}")
     return value
 
 
@@ -256,7 +259,8 @@ class Attacker:
         # The same values, but the version as a uint8 (0xcc 0x01) instead of a fixint: one
         # message must have one encoding, so this is refused although it decodes the same.
         data, msg_id = self._fresh(publisher)
-        assert data[1] == 0x01
+        if data[1] != _VERSION:
+            raise ValueError(f"expected the version fixint at byte 1, found {data[1]:#04x}")
         return Hostile(
             "non_canonical", data[:1] + b"\xcc" + data[1:], Verdict.dead("malformed"), publisher,
             msg_id=msg_id,
@@ -274,7 +278,9 @@ class Attacker:
 
     def wrong_recipient(self, publisher: str) -> Hostile:
         data, msg_id = self.seal(self.kit.parties[publisher], recipient=self.kit.bystander)
-        return Hostile("wrong_recipient", data, Verdict.dead("not_for_me"), publisher, msg_id=msg_id)
+        return Hostile(
+            "wrong_recipient", data, Verdict.dead("not_for_me"), publisher, msg_id=msg_id
+        )
 
     def forwarded(self, publisher: str) -> Hostile:
         """Surreptitious forwarding: ``publisher`` received a message signed for it by another
@@ -292,7 +298,9 @@ class Attacker:
             rng=self._rng,
             now_ms=self._clock(),
         )
-        return Hostile("forwarded", data, Verdict.dead("identity_mismatch"), publisher, msg_id=msg_id)
+        return Hostile(
+            "forwarded", data, Verdict.dead("identity_mismatch"), publisher, msg_id=msg_id
+        )
 
     def _own_encryption_key(self, me: LocalIdentity) -> tuple[bytes, Any]:
         for kid, key in me.decryption_keys.items():
@@ -351,7 +359,9 @@ class Attacker:
         elif choice == 1:
             body = _pack(["not", "a", "map"])
         else:
-            packed: bytes = msgpack.packb({"af_id": "text, not bytes", "evil": 1}, use_bin_type=True)
+            packed: bytes = msgpack.packb(
+                {"af_id": "text, not bytes", "evil": 1}, use_bin_type=True
+            )
             body = packed
         data, msg_id = self.seal(self.kit.parties[publisher], body=body)
         return Hostile("invalid_body", data, INVALID_BODY, publisher, msg_id=msg_id)
@@ -378,7 +388,8 @@ class Attacker:
     def same_id_other_bytes(self, captured: Captured) -> Hostile:
         """A new message under an id the network already processed: forgery or a producer bug."""
         data, msg_id = self.seal(self.kit.parties[captured.sender], msg_id=captured.msg_id)
-        assert msg_id == captured.msg_id and data != captured.data
+        if msg_id != captured.msg_id or data == captured.data:
+            raise ValueError("expected new bytes under the captured message id")
         return Hostile(
             "same_id_other_bytes", data, Verdict.dead("replay_conflict"), captured.sender,
             msg_id=msg_id,
@@ -392,12 +403,13 @@ class Attacker:
         weights = [weight for _, weight in CATEGORIES]
         publishers = sorted(self.kit.parties)
         out: list[Hostile] = []
-        for name in self._random.choices(names, weights, k=count):
-            if name in _CAPTURE_BASED:
+        for drawn in self._random.choices(names, weights, k=count):
+            name = drawn
+            if drawn in _CAPTURE_BASED:
                 if not captured:
                     name = "garbage"
                 else:
-                    out.append(getattr(self, name)(self._random.choice(captured)))
+                    out.append(getattr(self, drawn)(self._random.choice(captured)))
                     continue
             out.append(getattr(self, name)(self._random.choice(publishers)))
         return out

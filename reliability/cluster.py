@@ -81,7 +81,7 @@ class LocalCluster:
         # The node's own environment (HOME with the shared cookie, loopback distribution) is
         # what lets the CLI reach it; the launcher builds it, so we reuse that.
         env: dict[str, str] = node._env()
-        result = subprocess.run(
+        result = subprocess.run(  # noqa: S603 - the installed RabbitMQ CLI, no shell
             [str(self._bin / tool), "-n", node.nodename, *args],
             env=env,
             cwd=node.workdir,

@@ -14,10 +14,13 @@ import logging
 import os
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import REGISTRY
+from redis.asyncio import Redis
 
 from reliability.cluster import LocalCluster
 from reliability.proxy import TcpProxy
@@ -57,6 +60,11 @@ log = logging.getLogger("reliability.faults")
 # 5 s x 4 covers a broker restart (5-10 s here) without an application-level retry.
 AF_TIMEOUT_S = 5.0
 AF_ATTEMPTS = 4
+# Runs of at least this many requests get the full fault schedule (more kills, cuts, faults).
+_FULL_SCALE_REQUESTS = 1000
+# A crash-window repeat: one issuance by the killed worker, one after the redelivery.
+_CRASH_WINDOW_ISSUES = 2
+_CLUSTER_SIZE = 3
 
 
 def _metric(name: str, **labels: str) -> float:
@@ -163,7 +171,7 @@ def _fault_points(total: int, faults: int) -> list[int]:
 
 async def broker_crash(scale: Scale) -> ScenarioResult:
     """kill -9 the broker node mid-run and start it again on the same ports and data."""
-    kills = 1 if scale.requests < 1000 else 2
+    kills = 1 if scale.requests < _FULL_SCALE_REQUESTS else 2
     with scratch_dir("broker-crash") as work:
         lab = Lab.create(work / "lab")
         ues = make_subscribers(subscribers_for(scale.requests, DEFAULT_AFS))
@@ -186,8 +194,12 @@ async def broker_crash(scale: Scale) -> ScenarioResult:
             retries_before, resends_before = _publish_retries(), _cached_resends()
             async with (
                 inprocess_network(lab, settings("network"), ues) as net,
-                af_service(lab, settings(AF1), AF1, timeout_s=AF_TIMEOUT_S, attempts=AF_ATTEMPTS) as a1,
-                af_service(lab, settings(AF2), AF2, timeout_s=AF_TIMEOUT_S, attempts=AF_ATTEMPTS) as a2,
+                af_service(
+                    lab, settings(AF1), AF1, timeout_s=AF_TIMEOUT_S, attempts=AF_ATTEMPTS
+                ) as a1,
+                af_service(
+                    lab, settings(AF2), AF2, timeout_s=AF_TIMEOUT_S, attempts=AF_ATTEMPTS
+                ) as a2,
             ):
                 report = LoadReport()
                 clients = {AF1: a1.client, AF2: a2.client}
@@ -200,7 +212,8 @@ async def broker_crash(scale: Scale) -> ScenarioResult:
                 dead = await dead_letter_count(management_for(node))
             survived = sum(1 for t in ended if report.answered_after(t) > 0)
             notes = [
-                f"{kills} kill -9 + restart, broker down {', '.join(f'{d:.1f}s' for d in downtime)}",
+                f"{kills} kill -9 + restart, broker down "
+                f"{', '.join(f'{d:.1f}s' for d in downtime)}",
                 f"same workers throughout (no restart), {net.log.processed} processings",
             ]
             return _finish(
@@ -228,8 +241,6 @@ def _redis_url() -> str:
 
 
 async def _redis_cleanup(url: str, prefix: str) -> None:
-    from redis.asyncio import Redis
-
     client = Redis.from_url(url)
     try:
         keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
@@ -237,6 +248,92 @@ async def _redis_cleanup(url: str, prefix: str) -> None:
             await client.delete(*keys[start : start + 500])
     finally:
         await client.aclose()
+
+
+def _replay_config(store: str, work: Path, prefix: str) -> dict[str, str]:
+    """The replay store both network workers share: one SQLite file, or one Redis prefix."""
+    if store == "sqlite":
+        return {"replay_store": "sqlite", "replay_sqlite_path": str(work / "replay.sqlite3")}
+    return {
+        "replay_store": "redis",
+        "replay_redis_url": _redis_url(),
+        "replay_redis_prefix": prefix,
+    }
+
+
+def _network_workers(
+    env: dict[str, str], work: Path
+) -> tuple[list[WorkerProcess], dict[str, int]]:
+    """Two network worker processes, each with its own metrics port."""
+    workers = []
+    metrics_ports: dict[str, int] = {}
+    for i in (1, 2):
+        label = f"network-{i}"
+        metrics_ports[label] = free_port()
+        workers.append(
+            WorkerProcess(
+                label,
+                "network_side",
+                {**env, "AKMA_NET_METRICS_PORT": str(metrics_ports[label])},
+                work / f"{label}.log",
+            )
+        )
+    return workers, metrics_ports
+
+
+async def _guard_duplicates(
+    workers: list[WorkerProcess], metrics_ports: dict[str, int]
+) -> dict[str, float]:
+    """What the replay guard saw in the live workers (the killed run's counters died with it):
+    duplicates answered from the cache, waits on a live claim, reclaims."""
+    guard_seen = {"done": 0.0, "in_progress": 0.0, "reclaimed": 0.0}
+    for worker in workers:
+        if worker.alive():
+            samples = await asyncio.to_thread(
+                scrape_metric,
+                metrics_ports[worker.label],
+                "akma_secure_duplicates_total",
+            )
+            for labels, value in samples.items():
+                kind = labels.split('kind="', 1)[1].split('"', 1)[0]
+                guard_seen[kind] = guard_seen.get(kind, 0.0) + value
+    return guard_seen
+
+
+def _crash_window(issued: Counter[tuple[str, str]], victim_log: Path, kill_ms: list[int]) -> int:
+    """Second issuances whose first one came from the killed worker right before the kill.
+
+    The handler ran, the worker died before the replay store recorded the result, so the
+    redelivery ran it again. At-least-once delivery cannot rule this window out
+    (docs/reliability.md); every other duplicate is a replay-guard failure. A crash-window
+    repeat is one issuance by the victim before it died plus one by a survivor (or by the
+    victim once restarted, which appends to the same log). The victim's last lines can trail
+    the moment we sent SIGKILL by a few ms; its restart comes seconds later, hence the
+    one-second margin.
+    """
+    victim_times = issued_times(victim_log)
+
+    def before_kill(key: tuple[str, str]) -> int:
+        return sum(1 for t in victim_times.get(key, []) if t <= kill_ms[0] + 1000)
+
+    return sum(
+        1 for key, n in issued.items()
+        if n == _CRASH_WINDOW_ISSUES and kill_ms and before_kill(key) == 1
+    )
+
+
+def _worker_crash_findings(crash_window: int, never_issued: int, left: int) -> list[str]:
+    notes = []
+    if crash_window:
+        notes.append(
+            f"{crash_window} request(s) handled by the killed worker but not yet recorded "
+            "as done were handled again after redelivery"
+        )
+    if never_issued:
+        notes.append(f"{never_issued} request(s) never issued by any worker")
+    if left:
+        notes.append(f"{left} message(s) left in {REQUEST_QUEUE}")
+    return notes
 
 
 async def _worker_crash(scale: Scale, store: str) -> ScenarioResult:
@@ -250,31 +347,12 @@ async def _worker_crash(scale: Scale, store: str) -> ScenarioResult:
         context_db = work / "contexts.sqlite3"
         seed_context_db(context_db, lab.master_key(), ues)
         prefix = f"akma-rel-{uuid.uuid4().hex[:8]}:replay:"
-        if store == "sqlite":
-            replay = {"replay_store": "sqlite", "replay_sqlite_path": str(work / "replay.sqlite3")}
-        else:
-            replay = {
-                "replay_store": "redis",
-                "replay_redis_url": _redis_url(),
-                "replay_redis_prefix": prefix,
-            }
+        replay = _replay_config(store, work, prefix)
         async with local_node(work / "broker", lab.pki) as node:
             env = network_worker_env(
                 lab, node.host, node.amqp_port, context_db=context_db, replay=replay
             )
-            workers = []
-            metrics_ports: dict[str, int] = {}
-            for i in (1, 2):
-                label = f"network-{i}"
-                metrics_ports[label] = free_port()
-                workers.append(
-                    WorkerProcess(
-                        label,
-                        "network_side",
-                        {**env, "AKMA_NET_METRICS_PORT": str(metrics_ports[label])},
-                        work / f"{label}.log",
-                    )
-                )
+            workers, metrics_ports = _network_workers(env, work)
             kill_ms: list[int] = []
             try:
                 for worker in workers:
@@ -300,8 +378,12 @@ async def _worker_crash(scale: Scale, store: str) -> ScenarioResult:
                         events.append(f"{victim.label} restarted")
 
                 async with (
-                    af_service(lab, settings(AF1), AF1, timeout_s=AF_TIMEOUT_S, attempts=AF_ATTEMPTS) as a1,
-                    af_service(lab, settings(AF2), AF2, timeout_s=AF_TIMEOUT_S, attempts=AF_ATTEMPTS) as a2,
+                    af_service(
+                        lab, settings(AF1), AF1, timeout_s=AF_TIMEOUT_S, attempts=AF_ATTEMPTS
+                    ) as a1,
+                    af_service(
+                        lab, settings(AF2), AF2, timeout_s=AF_TIMEOUT_S, attempts=AF_ATTEMPTS
+                    ) as a2,
                 ):
                     report = LoadReport()
                     # Unpaced, so that the victim is busy when it dies: deliveries it has
@@ -317,55 +399,22 @@ async def _worker_crash(scale: Scale, store: str) -> ScenarioResult:
                     mgmt = management_for(node)
                     dead = await dead_letter_count(mgmt)
                     left = await settled_depth(mgmt, REQUEST_QUEUE)
-                # What the replay guard saw in the live workers (the killed run's counters died
-                # with it): duplicates answered from the cache, waits on a live claim, reclaims.
-                guard_seen = {"done": 0.0, "in_progress": 0.0, "reclaimed": 0.0}
-                for worker in workers:
-                    if worker.alive():
-                        samples = await asyncio.to_thread(
-                            scrape_metric, metrics_ports[worker.label], "akma_secure_duplicates_total"
-                        )
-                        for labels, value in samples.items():
-                            kind = labels.split('kind="', 1)[1].split('"', 1)[0]
-                            guard_seen[kind] = guard_seen.get(kind, 0.0) + value
+                guard_seen = await _guard_duplicates(workers, metrics_ports)
             finally:
                 exits = [w.stop() for w in workers]
                 if store == "redis":
                     await _redis_cleanup(_redis_url(), prefix)
             issued = issued_counts(w.log_path for w in workers)
             duplicates = sum(n - 1 for n in issued.values() if n > 1)
-            # A second issuance whose first one came from the killed worker right before the
-            # kill: the handler ran, the worker died before the replay store recorded the
-            # result, so the redelivery ran it again. At-least-once delivery cannot rule this
-            # window out (docs/reliability.md); every other duplicate is a replay-guard failure.
-            # A crash-window repeat is one issuance by the victim before it died plus one by a
-            # survivor (or by the victim once restarted, which appends to the same log). The
-            # victim's last lines can trail the moment we sent SIGKILL by a few ms; its restart
-            # comes seconds later, hence the one-second margin.
-            victim_times = issued_times(victim.log_path)
-
-            def before_kill(key: tuple[str, str]) -> int:
-                return sum(1 for t in victim_times.get(key, []) if t <= kill_ms[0] + 1000)
-
-            crash_window = sum(
-                1 for key, n in issued.items() if n == 2 and kill_ms and before_kill(key) == 1
-            )
+            crash_window = _crash_window(issued, victim.log_path, kill_ms)
             never_issued = sum(1 for job in jobs if (job.af, job.ue.a_kid) not in issued)
             survived = 1 if report.lost == 0 and report.answered_after(ended[0]) > 0 else 0
             notes = [
                 *events,
                 f"replay store {store} shared by both processes",
                 f"guard duplicates in live workers {guard_seen}",
+                *_worker_crash_findings(crash_window, never_issued, left),
             ]
-            if crash_window:
-                notes.append(
-                    f"{crash_window} request(s) handled by the killed worker but not yet recorded "
-                    "as done were handled again after redelivery"
-                )
-            if never_issued:
-                notes.append(f"{never_issued} request(s) never issued by any worker")
-            if left:
-                notes.append(f"{left} message(s) left in {REQUEST_QUEUE}")
             return _finish(
                 name,
                 report,
@@ -409,7 +458,7 @@ async def link_faults(scale: Scale) -> ScenarioResult:
     network's link (its un-acked deliveries return to the queue, its reply publishes in flight
     fail), an AF's link while it is publishing requests, and every link at once.
     """
-    rounds = 1 if scale.requests < 1000 else 3
+    rounds = 1 if scale.requests < _FULL_SCALE_REQUESTS else 3
     down_s = 1.5
     with scratch_dir("link-faults") as work:
         lab = Lab.create(work / "lab")
@@ -443,8 +492,12 @@ async def link_faults(scale: Scale) -> ScenarioResult:
             try:
                 async with (
                     inprocess_network(lab, settings("network"), ues) as net,
-                    af_service(lab, settings(AF1), AF1, timeout_s=AF_TIMEOUT_S, attempts=AF_ATTEMPTS) as a1,
-                    af_service(lab, settings(AF2), AF2, timeout_s=AF_TIMEOUT_S, attempts=AF_ATTEMPTS) as a2,
+                    af_service(
+                        lab, settings(AF1), AF1, timeout_s=AF_TIMEOUT_S, attempts=AF_ATTEMPTS
+                    ) as a1,
+                    af_service(
+                        lab, settings(AF2), AF2, timeout_s=AF_TIMEOUT_S, attempts=AF_ATTEMPTS
+                    ) as a2,
                 ):
                     report = LoadReport()
                     report, ended = await _with_faults(
@@ -489,6 +542,58 @@ async def link_faults(scale: Scale) -> ScenarioResult:
 # ---- 4. a three-node cluster loses a node ------------------------------------------------------
 
 
+class _ClusterFaults:
+    """The cluster scenario's faults: stop node 0; then bring it back and kill the node that
+    leads the network's request queue. Keeps what happened for the result."""
+
+    def __init__(self, nodes: LocalCluster, proxies: dict[str, TcpProxy]) -> None:
+        self.nodes = nodes
+        self.proxies = proxies
+        self.events: list[str] = []
+        self.leaders_after: list[dict[str, str]] = []
+        # The node that is down at the end of the run: (node name, AMQP address).
+        self.down: list[tuple[str, str]] = []
+        self.timeline: list[tuple[float, str]] = []
+
+    def mark(self, what: str) -> None:
+        self.timeline.append((time.monotonic(), what))
+        log.info("cluster fault: %s", what)
+
+    async def fail(self, i: int) -> None:
+        self.mark(f"fault {i} begins")
+        if i == 0:
+            await self._stop_first()
+        else:
+            await self._restart_first_kill_leader()
+        self.mark(f"fault {i} done")
+        self.leaders_after.append(await asyncio.to_thread(self.nodes.queue_leaders))
+
+    async def _stop_first(self) -> None:
+        nodes = self.nodes
+        victim = nodes.nodes[0]
+        self.down.append((victim.nodename, f"{victim.host}:{victim.amqp_port}"))
+        await asyncio.to_thread(nodes.stop_node, 0)
+        self.events.append(f"stopped {victim.nodename.split('@')[0]} (rabbitmqctl stop)")
+
+    async def _restart_first_kill_leader(self) -> None:
+        nodes = self.nodes
+        await asyncio.to_thread(nodes.start_node, 0)
+        self.mark("node0 started again")
+        for proxy in self.proxies.values():
+            proxy.set_upstreams(_rotate(nodes.upstreams(), proxy))
+        self.events.append("node0 back in the cluster")
+        # The hardest case: kill the node that leads the network's request queue
+        # (possibly node0, just back), so its quorum must elect a new leader.
+        leader = (await asyncio.to_thread(nodes.queue_leaders)).get(REQUEST_QUEUE)
+        index = next((k for k, n in enumerate(nodes.nodes) if n.nodename == leader), 1)
+        victim = nodes.nodes[index]
+        self.down[:] = [(victim.nodename, f"{victim.host}:{victim.amqp_port}")]
+        await asyncio.to_thread(nodes.kill_node, index)
+        self.events.append(
+            f"kill -9 node{index} {victim.nodename.split('@')[0]} (leader of {REQUEST_QUEUE})"
+        )
+
+
 async def cluster(scale: Scale) -> ScenarioResult:
     """Three clustered nodes, quorum queues on all three; stop one node under load.
 
@@ -499,12 +604,12 @@ async def cluster(scale: Scale) -> ScenarioResult:
     full scale it comes back and then the node leading ``network.requests`` is killed with
     SIGKILL, so that queue elects a new leader under load.
     """
-    full = scale.requests >= 1000
+    full = scale.requests >= _FULL_SCALE_REQUESTS
     with scratch_dir("cluster") as work:
         lab = Lab.create(work / "lab")
         ues = make_subscribers(subscribers_for(scale.requests, DEFAULT_AFS))
         jobs = plan_jobs(DEFAULT_AFS, ues, scale.requests)
-        nodes = LocalCluster(work / "cluster", lab.pki, size=3)
+        nodes = LocalCluster(work / "cluster", lab.pki, size=_CLUSTER_SIZE)
         proxies: dict[str, TcpProxy] = {}
         started = time.monotonic()
         try:
@@ -519,52 +624,18 @@ async def cluster(scale: Scale) -> ScenarioResult:
                 proxy = proxies[party]
                 return broker_settings(lab.pki, party, proxy.host, proxy.port)
 
-            events: list[str] = []
-            leaders_after: list[dict[str, str]] = []
-            # The node that is down at the end of the run: (node name, AMQP address).
-            down: list[tuple[str, str]] = []
-
-            timeline: list[tuple[float, str]] = []
-
-            def mark(what: str) -> None:
-                timeline.append((time.monotonic(), what))
-                log.info("cluster fault: %s", what)
-
-            async def fail(i: int) -> None:
-                mark(f"fault {i} begins")
-                if i == 0:
-                    victim = nodes.nodes[0]
-                    down.append((victim.nodename, f"{victim.host}:{victim.amqp_port}"))
-                    await asyncio.to_thread(nodes.stop_node, 0)
-                    events.append(f"stopped {victim.nodename.split('@')[0]} (rabbitmqctl stop)")
-                else:
-                    await asyncio.to_thread(nodes.start_node, 0)
-                    mark("node0 started again")
-                    for proxy in proxies.values():
-                        proxy.set_upstreams(_rotate(nodes.upstreams(), proxy))
-                    events.append("node0 back in the cluster")
-                    # The hardest case: kill the node that leads the network's request queue
-                    # (possibly node0, just back), so its quorum must elect a new leader.
-                    leader = (await asyncio.to_thread(nodes.queue_leaders)).get(REQUEST_QUEUE)
-                    index = next(
-                        (k for k, n in enumerate(nodes.nodes) if n.nodename == leader), 1
-                    )
-                    victim = nodes.nodes[index]
-                    down[:] = [(victim.nodename, f"{victim.host}:{victim.amqp_port}")]
-                    await asyncio.to_thread(nodes.kill_node, index)
-                    events.append(
-                        f"kill -9 node{index} {victim.nodename.split('@')[0]} "
-                        f"(leader of {REQUEST_QUEUE})"
-                    )
-                mark(f"fault {i} done")
-                leaders_after.append(await asyncio.to_thread(nodes.queue_leaders))
+            chaos = _ClusterFaults(nodes, proxies)
 
             retries_before, resends_before = _publish_retries(), _cached_resends()
             nacks_before = _publish_nacks()
             async with (
                 inprocess_network(lab, settings("network"), ues) as net,
-                af_service(lab, settings(AF1), AF1, timeout_s=AF_TIMEOUT_S, attempts=AF_ATTEMPTS) as a1,
-                af_service(lab, settings(AF2), AF2, timeout_s=AF_TIMEOUT_S, attempts=AF_ATTEMPTS) as a2,
+                af_service(
+                    lab, settings(AF1), AF1, timeout_s=AF_TIMEOUT_S, attempts=AF_ATTEMPTS
+                ) as a1,
+                af_service(
+                    lab, settings(AF2), AF2, timeout_s=AF_TIMEOUT_S, attempts=AF_ATTEMPTS
+                ) as a2,
             ):
                 report = LoadReport()
                 faults = 2 if full else 1
@@ -575,7 +646,7 @@ async def cluster(scale: Scale) -> ScenarioResult:
                           rate_per_s=rate, report=report),
                     report,
                     _fault_points(len(jobs), faults),
-                    fail,
+                    chaos.fail,
                 )
                 mgmt = await asyncio.to_thread(nodes.management)
                 dead = await dead_letter_count(mgmt)
@@ -587,13 +658,13 @@ async def cluster(scale: Scale) -> ScenarioResult:
                 await proxy.close()
             await asyncio.to_thread(nodes.close)
         survived = sum(1 for t in ended if report.answered_after(t) > 0)
-        replicated = all(len(m) == 3 for m in members.values())
+        replicated = all(len(m) == _CLUSTER_SIZE for m in members.values())
         notes = [
             (
                 f"cluster of 3 formed in {formed_s:.0f}s {nodes.timings}, quorum queues on "
                 f"{'all 3 nodes' if replicated else 'FEWER than 3 nodes'}"
             ),
-            *events,
+            *chaos.events,
             "clients failed over through per-party proxies",
         ]
         if left:
@@ -610,10 +681,12 @@ async def cluster(scale: Scale) -> ScenarioResult:
                 "formed_s": round(formed_s, 1),
                 "formation_phases_s": nodes.timings,
                 "queue_members": members,
-                "leaders_after_fault": leaders_after,
+                "leaders_after_fault": chaos.leaders_after,
                 "links_at_end": served_by,
-                "down_at_end": down,
-                "timeline_s": [(round(t - report.started_at, 1), what) for t, what in timeline],
+                "down_at_end": chaos.down,
+                "timeline_s": [
+                    (round(t - report.started_at, 1), what) for t, what in chaos.timeline
+                ],
                 "failed_calls_s": report.error_span(report.started_at),
                 "publishes_nacked": _publish_nacks() - nacks_before,
                 "publish_link_retries": _publish_retries() - retries_before,

@@ -106,6 +106,29 @@ _INTERESTING_STRINGS = (
 )
 
 
+# Containers nest this deep at most; below it only leaves are drawn.
+_MAX_NESTING = 2
+# Of the extension values, this share are msgpack timestamps.
+_TIMESTAMP_SHARE = 0.2
+# A non-empty list or map is edited inside with this probability, else tweaked as a whole.
+_EDIT_INSIDE_SHARE = 0.8
+# The third near miss of a bytes value (extend) and of a str value (truncate).
+_EXTEND = _TRUNCATE = 2
+# Re-packed with msgpack's bin type, else with raw strings (the old spec) for the rest.
+_BIN_TYPE_SHARE = 0.9
+# Mutations that edit the decoded structure; of those, the share not followed by byte edits.
+_STRUCTURED_SHARE = 0.35
+_STRUCTURED_ONLY_SHARE = 0.8
+# The inner message's signed fields, before the signature.
+_SIGNED_FIELDS = 10
+# Model fuzzing: rolls below these send a body under another valid type, then an odd type.
+_OTHER_TYPE_BELOW = 0.1
+_ODD_TYPE_BELOW = 0.15
+# Bodies mutated from a seed (the rest random bytes), and bodies blown past the size cap.
+_MUTATED_BODY_SHARE = 0.95
+_OVERSIZED_SHARE = 0.002
+
+
 class Mutator:
     """Byte-level and msgpack-aware mutations drawn from a seeded ``random.Random``."""
 
@@ -123,135 +146,196 @@ class Mutator:
 
     def _one_byte_op(self, buf: bytearray) -> bytearray:
         rng = self.rng
-        op = rng.randrange(10)
-        n = len(buf)
-        if n == 0 or op == 9:
+        ops = self._byte_ops
+        # One draw past the table: prepend random bytes (also the only edit of an empty buffer).
+        op = rng.randrange(len(ops) + 1)
+        if not buf or op == len(ops):
             return bytearray(rng.randbytes(rng.randrange(1, 64))) + buf
-        if op == 0:  # flip one bit
-            buf[rng.randrange(n)] ^= 1 << rng.randrange(8)
-        elif op == 1:  # one random byte
-            buf[rng.randrange(n)] = rng.randrange(256)
-        elif op == 2:  # one interesting byte
-            buf[rng.randrange(n)] = rng.choice(_INTERESTING_BYTES)
-        elif op == 3:  # truncate
-            del buf[rng.randrange(n) :]
-        elif op == 4:  # insert a chunk
-            at = rng.randrange(n + 1)
-            buf[at:at] = rng.randbytes(rng.choice((1, 1, 2, 4, 16, 64)))
-        elif op == 5:  # delete a chunk
-            at = rng.randrange(n)
-            del buf[at : at + rng.choice((1, 1, 2, 4, 16))]
-        elif op == 6:  # duplicate a chunk in place
-            at = rng.randrange(n)
-            chunk = buf[at : at + rng.choice((1, 2, 8, 32))]
-            buf[at:at] = chunk
-        elif op == 7:  # splice: our head, another seed's tail
-            other = rng.choice(self.corpus) if self.corpus else bytes(buf)
-            cut = rng.randrange(n + 1)
-            buf = buf[:cut] + other[rng.randrange(len(other) + 1) :]
-        else:  # append trailing bytes
-            buf += rng.randbytes(rng.choice((1, 1, 2, 8)))
+        return ops[op](buf)
+
+    @property
+    def _byte_ops(self) -> tuple[Callable[[bytearray], bytearray], ...]:
+        return (self._flip_bit, self._random_byte, self._interesting_byte, self._truncate,
+                self._insert_chunk, self._delete_chunk, self._duplicate_chunk, self._splice,
+                self._append)
+
+    def _flip_bit(self, buf: bytearray) -> bytearray:
+        buf[self.rng.randrange(len(buf))] ^= 1 << self.rng.randrange(8)
+        return buf
+
+    def _random_byte(self, buf: bytearray) -> bytearray:
+        buf[self.rng.randrange(len(buf))] = self.rng.randrange(256)
+        return buf
+
+    def _interesting_byte(self, buf: bytearray) -> bytearray:
+        buf[self.rng.randrange(len(buf))] = self.rng.choice(_INTERESTING_BYTES)
+        return buf
+
+    def _truncate(self, buf: bytearray) -> bytearray:
+        del buf[self.rng.randrange(len(buf)) :]
+        return buf
+
+    def _insert_chunk(self, buf: bytearray) -> bytearray:
+        at = self.rng.randrange(len(buf) + 1)
+        buf[at:at] = self.rng.randbytes(self.rng.choice((1, 1, 2, 4, 16, 64)))
+        return buf
+
+    def _delete_chunk(self, buf: bytearray) -> bytearray:
+        at = self.rng.randrange(len(buf))
+        del buf[at : at + self.rng.choice((1, 1, 2, 4, 16))]
+        return buf
+
+    def _duplicate_chunk(self, buf: bytearray) -> bytearray:
+        """A chunk repeated in place."""
+        at = self.rng.randrange(len(buf))
+        chunk = buf[at : at + self.rng.choice((1, 2, 8, 32))]
+        buf[at:at] = chunk
+        return buf
+
+    def _splice(self, buf: bytearray) -> bytearray:
+        """Our head, another seed's tail."""
+        rng = self.rng
+        other = rng.choice(self.corpus) if self.corpus else bytes(buf)
+        cut = rng.randrange(len(buf) + 1)
+        return buf[:cut] + other[rng.randrange(len(other) + 1) :]
+
+    def _append(self, buf: bytearray) -> bytearray:
+        """Trailing bytes."""
+        buf += self.rng.randbytes(self.rng.choice((1, 1, 2, 8)))
         return buf
 
     # -- msgpack aware
 
     def value(self, depth: int = 0) -> Any:
         """A random msgpack value, biased towards boundary cases of our formats."""
+        kinds = self._leaf_kinds
+        if depth < _MAX_NESTING:
+            kinds += self._container_kinds
+        return kinds[self.rng.randrange(len(kinds))](depth)
+
+    @property
+    def _leaf_kinds(self) -> tuple[Callable[[int], Any], ...]:
         rng = self.rng
-        kind = rng.randrange(10 if depth < 2 else 7)
-        if kind == 0:
-            return rng.choice(_INTERESTING_INTS)
-        if kind == 1:
-            return rng.choice(_INTERESTING_STRINGS)
-        if kind == 2:
-            return rng.randbytes(rng.choice(_INTERESTING_LENGTHS))
-        if kind == 3:
-            return rng.choice((None, True, False))
-        if kind == 4:
-            return rng.choice((0.0, -1.5, 1e308, float("nan")))
-        if kind == 5:
-            if rng.random() < 0.2:
-                return msgpack.Timestamp(rng.randrange(2**34), rng.randrange(10**9))
-            return msgpack.ExtType(rng.randrange(128), rng.randbytes(rng.randrange(0, 9)))
-        if kind == 6:
-            return rng.randrange(-(2**63), 2**64)
-        if kind == 7:
-            return [self.value(depth + 1) for _ in range(rng.randrange(0, 4))]
-        if kind == 8:
-            return {rng.choice(_INTERESTING_STRINGS): self.value(depth + 1)
-                    for _ in range(rng.randrange(0, 3))}
-        return [self.value(depth + 1)] * rng.randrange(12, 18)
+        return (
+            lambda _: rng.choice(_INTERESTING_INTS),
+            lambda _: rng.choice(_INTERESTING_STRINGS),
+            lambda _: rng.randbytes(rng.choice(_INTERESTING_LENGTHS)),
+            lambda _: rng.choice((None, True, False)),
+            lambda _: rng.choice((0.0, -1.5, 1e308, float("nan"))),
+            self._extension,
+            lambda _: rng.randrange(-(2**63), 2**64),
+        )
+
+    @property
+    def _container_kinds(self) -> tuple[Callable[[int], Any], ...]:
+        rng = self.rng
+        return (
+            lambda depth: [self.value(depth + 1) for _ in range(rng.randrange(0, 4))],
+            lambda depth: {rng.choice(_INTERESTING_STRINGS): self.value(depth + 1)
+                           for _ in range(rng.randrange(0, 3))},
+            # One element repeated: the shape of a length-prefixed array of equal items.
+            lambda depth: [self.value(depth + 1)] * rng.randrange(12, 18),
+        )
+
+    def _extension(self, _depth: int) -> Any:
+        rng = self.rng
+        if rng.random() < _TIMESTAMP_SHARE:
+            return msgpack.Timestamp(rng.randrange(2**34), rng.randrange(10**9))
+        return msgpack.ExtType(rng.randrange(128), rng.randbytes(rng.randrange(0, 9)))
 
     def edit(self, obj: Any) -> Any:
         """One edit somewhere in a decoded msgpack value (lists and maps are copied)."""
         rng = self.rng
-        if isinstance(obj, list) and obj and rng.random() < 0.8:
-            out = list(obj)
-            i = rng.randrange(len(out))
-            op = rng.randrange(6)
-            if op == 0:
-                out[i] = self.value()
-            elif op == 1:
-                out[i] = self.edit(out[i])
-            elif op == 2:
-                del out[i]
-            elif op == 3:
-                out.insert(i, self.value())
-            elif op == 4:
-                j = rng.randrange(len(out))
-                out[i], out[j] = out[j], out[i]
-            else:
-                out[i] = self._tweak(out[i])
-            return out
-        if isinstance(obj, dict) and obj and rng.random() < 0.8:
-            out_map = dict(obj)
-            key = rng.choice(list(out_map))
-            op = rng.randrange(5)
-            if op == 0:
-                out_map[key] = self.value()
-            elif op == 1:
-                out_map[key] = self._tweak(out_map[key])
-            elif op == 2:
-                del out_map[key]
-            elif op == 3:
-                out_map[rng.choice(_INTERESTING_STRINGS)] = self.value()
-            else:
-                # A key of another type: msgpack allows any, our decoders must refuse them.
-                odd_key = rng.choice((7, -1, b"af_id", None, True, 1.5, (1, 2), "AF_ID"))
-                out_map[odd_key] = out_map.pop(key)
-            return out_map
+        if isinstance(obj, list) and obj and rng.random() < _EDIT_INSIDE_SHARE:
+            return self._edit_list(obj)
+        if isinstance(obj, dict) and obj and rng.random() < _EDIT_INSIDE_SHARE:
+            return self._edit_map(obj)
         return self._tweak(obj)
+
+    def _edit_list(self, obj: list[Any]) -> list[Any]:
+        rng = self.rng
+        out = list(obj)
+        i = rng.randrange(len(out))
+
+        def swap() -> None:
+            j = rng.randrange(len(out))
+            out[i], out[j] = out[j], out[i]
+
+        edits: tuple[Callable[[], None], ...] = (
+            lambda: out.__setitem__(i, self.value()),
+            lambda: out.__setitem__(i, self.edit(out[i])),
+            lambda: out.__delitem__(i),
+            lambda: out.insert(i, self.value()),
+            swap,
+            lambda: out.__setitem__(i, self._tweak(out[i])),
+        )
+        edits[rng.randrange(len(edits))]()
+        return out
+
+    def _edit_map(self, obj: dict[Any, Any]) -> dict[Any, Any]:
+        rng = self.rng
+        out = dict(obj)
+        key = rng.choice(list(out))
+
+        def new_key() -> None:
+            value = self.value()  # drawn before the key, so a seed reproduces the same cases
+            out[rng.choice(_INTERESTING_STRINGS)] = value
+
+        def odd_key() -> None:
+            # A key of another type: msgpack allows any, our decoders must refuse them.
+            new_key = rng.choice((7, -1, b"af_id", None, True, 1.5, (1, 2), "AF_ID"))
+            out[new_key] = out.pop(key)
+
+        edits: tuple[Callable[[], None], ...] = (
+            lambda: out.__setitem__(key, self.value()),
+            lambda: out.__setitem__(key, self._tweak(out[key])),
+            lambda: out.__delitem__(key),
+            new_key,
+            odd_key,
+        )
+        edits[rng.randrange(len(edits))]()
+        return out
 
     def _tweak(self, value: Any) -> Any:
         """A near miss of ``value``: same type where possible, just outside what is valid."""
         rng = self.rng
         if type(value) is bytes:
-            choice = rng.randrange(4)
-            if choice == 0 and value:
-                b = bytearray(value)
-                b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
-                return bytes(b)
-            if choice == 1:
-                return value[: rng.randrange(len(value) + 1)]
-            if choice == 2:
-                return value + rng.randbytes(rng.randrange(1, 4))
-            return value.decode("latin-1")  # the same octets as a str
+            return self._tweak_bytes(value)
         if type(value) is str:
-            choice = rng.randrange(4)
-            if choice == 0:
-                return value.upper()
-            if choice == 1:
-                return value + rng.choice(("x", ".", "\x00", "\u00e9", " "))
-            if choice == 2:
-                return value[: rng.randrange(len(value) + 1)]
-            return value.encode()  # the same text as bytes
+            return self._tweak_str(value)
         if type(value) is int:
-            return rng.choice((value + 1, value - 1, -value, value * 2**32, str(value), float(value)))
+            return rng.choice(
+                (value + 1, value - 1, -value, value * 2**32, str(value), float(value))
+            )
         if type(value) is bool:
             return int(value)
         if value is None:
             return rng.choice((b"", 0, False, [], {}))
         return self.value()
+
+    def _tweak_bytes(self, value: bytes) -> bytes | str:
+        rng = self.rng
+        choice = rng.randrange(4)
+        if choice == 0 and value:
+            b = bytearray(value)
+            b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
+            return bytes(b)
+        if choice == 1:
+            return value[: rng.randrange(len(value) + 1)]
+        if choice == _EXTEND:
+            return value + rng.randbytes(rng.randrange(1, 4))
+        return value.decode("latin-1")  # the same octets as a str
+
+    def _tweak_str(self, value: str) -> str | bytes:
+        rng = self.rng
+        choice = rng.randrange(4)
+        if choice == 0:
+            return value.upper()
+        if choice == 1:
+            return value + rng.choice(("x", ".", "\x00", "\u00e9", " "))
+        if choice == _TRUNCATE:
+            return value[: rng.randrange(len(value) + 1)]
+        return value.encode()  # the same text as bytes
 
     def structured(self, data: bytes) -> bytes | None:
         """Decode, edit, re-encode; None if ``data`` does not decode or the edit cannot pack."""
@@ -263,17 +347,19 @@ class Mutator:
             obj = self.edit(obj)
         try:
             packed: bytes = msgpack.packb(
-                obj, use_bin_type=self.rng.random() < 0.9, strict_types=False
+                obj, use_bin_type=self.rng.random() < _BIN_TYPE_SHARE, strict_types=False
             )
         except Exception:  # noqa: BLE001 - e.g. an int out of range after an edit
             return None
         return packed
 
     def mutate(self, data: bytes) -> bytes:
-        if self.rng.random() < 0.35:
+        if self.rng.random() < _STRUCTURED_SHARE:
             structured = self.structured(data)
             if structured is not None:
-                return structured if self.rng.random() < 0.8 else self.bytes_(structured)
+                if self.rng.random() < _STRUCTURED_ONLY_SHARE:
+                    return structured
+                return self.bytes_(structured)
         return self.bytes_(data)
 
 
@@ -431,10 +517,13 @@ class FuzzWorld:
         )
 
     def resign(self, seed: Seed, fields: list[Any]) -> bytes | None:
-        """Sign ``fields[:10]`` with the seed's real sender key; None if they cannot be packed."""
+        """Sign the signed fields with the seed's real sender key; None if they cannot be packed."""
+        signed = fields[:_SIGNED_FIELDS]
         try:
-            signature = seed.suite.sign(seed.sender.signing_key, signed_bytes(seed.suite.name, fields[:10]))
-            packed: bytes = msgpack.packb([*fields[:10], signature], use_bin_type=True)
+            signature = seed.suite.sign(
+                seed.sender.signing_key, signed_bytes(seed.suite.name, signed)
+            )
+            packed: bytes = msgpack.packb([*signed, signature], use_bin_type=True)
         except Exception:  # noqa: BLE001 - an edit made the fields unpackable
             return None
         return packed
@@ -464,7 +553,7 @@ def fuzz_envelopes(world: FuzzWorld, count: int, *, seed: int = 0) -> FuzzReport
             fields = msgpack.unpackb(seed_.inner, raw=False)
             for _ in range(rng.choice((1, 1, 2))):
                 fields = inner_mutator.edit(fields)
-            if not isinstance(fields, list) or len(fields) < 10:
+            if not isinstance(fields, list) or len(fields) < _SIGNED_FIELDS:
                 continue
             resigned = world.resign(seed_, fields)
             if resigned is None:
@@ -505,7 +594,8 @@ def model_seeds() -> list[tuple[str, bytes]]:
         ContextRemovedNotification(a_kid=a_kid, reason="removed"),
     ]
     covered = {m.MSG_TYPE for m in messages}
-    assert covered == set(MESSAGE_TYPES), f"seed corpus misses {set(MESSAGE_TYPES) - covered}"
+    if covered != set(MESSAGE_TYPES):
+        raise RuntimeError(f"seed corpus misses {set(MESSAGE_TYPES) - covered}")
     return [(m.MSG_TYPE, m.to_body()) for m in messages]
 
 
@@ -521,12 +611,15 @@ def fuzz_models(count: int, *, seed: int = 0) -> FuzzReport:
         msg_type, body = rng.choice(seeds)
         roll = rng.random()
         kind: Any = msg_type
-        if roll < 0.1:
+        if roll < _OTHER_TYPE_BELOW:
             kind = rng.choice(types)  # a valid body under another type
-        elif roll < 0.15:
+        elif roll < _ODD_TYPE_BELOW:
             kind = rng.choice((None, 7, b"akma.rejected", "", "AKMA.REJECTED", msg_type + "\x00"))
-        data = mutator.mutate(body) if rng.random() < 0.95 else rng.randbytes(rng.randrange(64))
-        if rng.random() < 0.002:
+        if rng.random() < _MUTATED_BODY_SHARE:
+            data = mutator.mutate(body)
+        else:
+            data = rng.randbytes(rng.randrange(64))
+        if rng.random() < _OVERSIZED_SHARE:
             data = data * (16 * 1024 // max(1, len(data)) + 1)  # past the size cap
         report.by_layer["body"] += 1
         run_target(report, functools.partial(decode_body, kind, data), ContractError, data)

@@ -31,6 +31,7 @@ import base64
 import contextlib
 import contextvars
 import hashlib
+import json
 import logging
 import math
 import os
@@ -81,7 +82,7 @@ from infra.pki import (
     revoke,
 )
 from network_side.aanf import Aanf
-from network_side.af_registry import AfRegistry
+from network_side.af_registry import AfEntry, AfRegistry
 from network_side.audit import AuditLog
 from network_side.context_store import SqliteContextStore
 from network_side.nef import HandlerResult, Nef
@@ -263,7 +264,8 @@ class Client:
         answer = await self.requester.request(
             NETWORK, ROUTING_KEY, message.MSG_TYPE, message.to_body(), timeout_s=timeout_s
         )
-        assert answer.correlation_id is not None
+        if answer.correlation_id is None:
+            raise ScenarioError(f"the answer to {message.MSG_TYPE} has no correlation id")
         return decode_body(answer.msg_type, answer.body), answer.correlation_id
 
     async def capture(self, message: AkmaMessage) -> Captured:
@@ -652,22 +654,7 @@ async def run_hostile_input(env: Environment, scale: Scale, *, seed: int = 5) ->
         before = Snapshot.take()
         legit_total = max(scale.requests, 30)
         legit = asyncio.create_task(_legit_traffic(d, ledger, legit_total, seed))
-        semaphore = asyncio.Semaphore(_PUBLISH_CONCURRENCY)
-
-        async def send(message_id: str, hostile: Hostile) -> None:
-            async with semaphore:
-                await publisher.publish(hostile, message_id)
-
-        rounds = math.ceil(scale.hostile / _ROUND)
-        made = 0
-        for r in range(rounds):
-            fresh = await _capture_round(d, ledger, per_af=3)
-            count = min(_ROUND, scale.hostile - made)
-            batch = attacker.batch(count, fresh)
-            made += count
-            named = {f"hostile-{r}-{i}-{h.category}": h for i, h in enumerate(batch)}
-            ledger.hostile.update(named)
-            await asyncio.gather(*(send(mid, h) for mid, h in named.items()))
+        await _send_hostile(d, attacker, publisher, ledger, scale.hostile)
         await legit
         # Proof that the worker is still up and serving after the flood.
         for af in AFS:
@@ -678,7 +665,8 @@ async def run_hostile_input(env: Environment, scale: Scale, *, seed: int = 5) ->
                 ledger.legit_ids.add(msg_id)
         await publisher.close()
 
-        want_reasons, want_duplicates, want_invalid = ledger.expected()
+        expected = ledger.expected()
+        want_reasons, want_duplicates, want_invalid = expected
         n_events = sum(want_reasons.values()) + want_duplicates + want_invalid
 
         def settled() -> bool:
@@ -692,8 +680,70 @@ async def run_hostile_input(env: Environment, scale: Scale, *, seed: int = 5) ->
         delta = Snapshot.take().since(before)
         observer = d.observer
 
-    # -- dead letters: every refused message, with its reason and its original bytes
-    dead = {mid: h for mid, h in ledger.hostile.items() if h.verdict.kind is VerdictKind.DEAD_LETTER}
+    found, dead, not_matched = await _check_dead_letters(mgmt, ledger, failures)
+    counters_off = _check_counters(delta, expected, failures)
+    forgeries, twice = _processed_wrongly(ledger, observer, d.registration_ids)
+    accepted_total = sum(delta.accepted.values())
+
+    categories = Counter(h.category for h in ledger.hostile.values())
+    result.load = ledger.legit_sent
+    result.answered = ledger.legit_ok
+    result.hostile_tried = len(ledger.hostile)
+    result.forgeries_accepted = forgeries
+    result.duplicates_processed = twice
+    result.lost = (ledger.legit_sent - ledger.legit_ok) + not_matched + counters_off
+    result.seconds = time.monotonic() - started
+    result.extra = {
+        "categories": dict(sorted(categories.items())),
+        "dead_lettered_by_reason": dict(sorted(delta.rejected.items())),
+        "duplicates_acked": dict(delta.duplicates),
+        "invalid_bodies_answered": delta.invalid,
+        "captured_replayed_from": len(ledger.captured),
+        "accepted_by_secure_layer": accepted_total,
+        "dead_letters_read": len(found),
+        "failures": failures,
+    }
+    result.notes = (
+        f"{len(ledger.hostile)} hostile in {len(categories)} categories; "
+        f"{len(found)}/{dead} dead letters matched by id, reason and bytes; "
+        f"{delta.duplicates['done']} replays acked as duplicates; "
+        f"{delta.invalid} authentic invalid bodies answered invalid_request"
+        + ("; FAILURES: " + " | ".join(failures) if failures else "")
+    )
+    return result
+
+
+async def _send_hostile(d: Deployment, attacker: Attacker, publisher: HostilePublisher,
+                        ledger: _Ledger, total: int) -> None:
+    """``total`` hostile messages in rounds, each round replaying freshly captured ones."""
+    semaphore = asyncio.Semaphore(_PUBLISH_CONCURRENCY)
+
+    async def send(message_id: str, hostile: Hostile) -> None:
+        async with semaphore:
+            await publisher.publish(hostile, message_id)
+
+    rounds = math.ceil(total / _ROUND)
+    made = 0
+    for r in range(rounds):
+        fresh = await _capture_round(d, ledger, per_af=3)
+        count = min(_ROUND, total - made)
+        batch = attacker.batch(count, fresh)
+        made += count
+        named = {f"hostile-{r}-{i}-{h.category}": h for i, h in enumerate(batch)}
+        ledger.hostile.update(named)
+        await asyncio.gather(*(send(mid, h) for mid, h in named.items()))
+
+
+async def _check_dead_letters(
+    mgmt: Management, ledger: _Ledger, failures: list[str]
+) -> tuple[dict[str, dict[str, Any]], int, int]:
+    """Every refused message dead-lettered with its reason and its original bytes.
+
+    Returns the dead letters found by id, how many were expected, and how many of those are
+    missing or carry a wrong reason or body."""
+    dead = {
+        mid: h for mid, h in ledger.hostile.items() if h.verdict.kind is VerdictKind.DEAD_LETTER
+    }
     found, other_dead = await drain_dead_letters(
         mgmt, set(dead), timeout_s=max(60.0, len(dead) / 50)
     )
@@ -710,8 +760,14 @@ async def run_hostile_input(env: Environment, scale: Scale, *, seed: int = 5) ->
         failures.append(f"{len(wrong)} dead letters with a wrong reason or body, e.g. {wrong[:3]}")
     if other_dead:
         failures.append(f"{other_dead} unexpected dead letters (legitimate traffic refused?)")
+    return found, len(dead), len(missing) + len(wrong)
 
-    # -- metrics: each reason counted exactly
+
+def _check_counters(
+    delta: Snapshot, expected: tuple[Counter[str], int, int], failures: list[str]
+) -> int:
+    """Each refusal reason, duplicate and invalid body counted exactly; the total miscount."""
+    want_reasons, want_duplicates, want_invalid = expected
     metric_off = sum(
         abs(delta.rejected[r] - want_reasons[r]) for r in set(delta.rejected) | set(want_reasons)
     )
@@ -726,49 +782,24 @@ async def run_hostile_input(env: Environment, scale: Scale, *, seed: int = 5) ->
         failures.append(f"duplicates: want {want_duplicates}, got {dict(delta.duplicates)}")
     if invalid_off:
         failures.append(f"invalid bodies answered: want {want_invalid}, got {delta.invalid}")
+    return metric_off + duplicate_off + invalid_off
 
-    # -- nothing hostile reached the NEF; nothing was processed twice
+
+def _processed_wrongly(
+    ledger: _Ledger, observer: Observer, registration_ids: set[bytes]
+) -> tuple[int, int]:
+    """Hostile messages that reached the service or the NEF, and messages processed twice."""
     invalid_ids = {
         h.msg_id for h in ledger.hostile.values()
         if h.verdict.kind is VerdictKind.INVALID_BODY and h.msg_id is not None
     }
-    allowed = ledger.legit_ids | {c.msg_id for c in ledger.captured} | d.registration_ids
+    allowed = ledger.legit_ids | {c.msg_id for c in ledger.captured} | registration_ids
     reached_service = [m for m in observer.service if m not in allowed | invalid_ids]
     reached_nef = [m for m in observer.nef if m not in allowed]
     forgeries = len(set(reached_service) | set(reached_nef))
     twice = sum(c - 1 for c in observer.service.values() if c > 1)
     twice += sum(c - 1 for c in observer.nef.values() if c > 1)
-    accepted_total = sum(delta.accepted.values())
-
-    categories = Counter(h.category for h in ledger.hostile.values())
-    result.load = ledger.legit_sent
-    result.answered = ledger.legit_ok
-    result.hostile_tried = len(ledger.hostile)
-    result.forgeries_accepted = forgeries
-    result.duplicates_processed = twice
-    result.lost = (
-        (ledger.legit_sent - ledger.legit_ok) + len(missing) + len(wrong) + metric_off
-        + duplicate_off + invalid_off
-    )
-    result.seconds = time.monotonic() - started
-    result.extra = {
-        "categories": dict(sorted(categories.items())),
-        "dead_lettered_by_reason": dict(sorted(delta.rejected.items())),
-        "duplicates_acked": dict(delta.duplicates),
-        "invalid_bodies_answered": delta.invalid,
-        "captured_replayed_from": len(ledger.captured),
-        "accepted_by_secure_layer": accepted_total,
-        "dead_letters_read": len(found),
-        "failures": failures,
-    }
-    result.notes = (
-        f"{len(ledger.hostile)} hostile in {len(categories)} categories; "
-        f"{len(found)}/{len(dead)} dead letters matched by id, reason and bytes; "
-        f"{delta.duplicates['done']} replays acked as duplicates; "
-        f"{delta.invalid} authentic invalid bodies answered invalid_request"
-        + ("; FAILURES: " + " | ".join(failures) if failures else "")
-    )
-    return result
+    return forgeries, twice
 
 
 # ---- scenario 2: abuse by a legitimate AF --------------------------------------------------
@@ -804,8 +835,6 @@ class LogCapture(logging.Handler):
                 logger.setLevel(self._levels[name])
 
     def audit(self, event: str, outcome: str, requester: str) -> list[dict[str, Any]]:
-        import json
-
         out = []
         for record in self.records:
             if record.name != "akma.audit":
@@ -928,7 +957,8 @@ async def run_legit_af_abuse(env: Environment, scale: Scale) -> ScenarioResult:
     rogue, victim = AFS[1], AFS[0]  # af2 is the abuser: external, 10/s with a burst of 20
     registry = AfRegistry.load(EXAMPLE_REGISTRY)
     entry = registry.get(rogue)
-    assert entry is not None
+    if entry is None:
+        raise ScenarioError(f"{rogue} is not in {EXAMPLE_REGISTRY}")
     capture = LogCapture("akma.audit", "broker_adapter")
     attempts: list[_Attempt] = []
     failures: list[str] = []
@@ -943,85 +973,29 @@ async def run_legit_af_abuse(env: Environment, scale: Scale) -> ScenarioResult:
 
             # 3. Flooding past the rate limit: every request is answered, the excess refused.
             rng = random.Random(7)
-            flood_started = time.monotonic()
-            answers = await asyncio.gather(
-                *(d.clients[rogue].request(d.key_request(rogue, rng.choice(d.ues)))
-                  for _ in range(flood_n)),
-                return_exceptions=True,
-            )
-            elapsed = time.monotonic() - flood_started
-            served = sum(isinstance(a, tuple) and isinstance(a[0], AkmaAfKeyData) for a in answers)
-            limited = sum(
-                isinstance(a, tuple) and isinstance(a[0], Rejected) and a[0].reason == "rate_limited"
-                for a in answers
-            )
-            unanswered = flood_n - served - limited
-            ceiling = entry.burst + entry.rate_per_second * elapsed + 1
-            if served > ceiling:
-                failures.append(f"served {served} > bucket ceiling {ceiling:.0f}")
-            if limited == 0:
-                failures.append("the flood was never rate limited")
-            audited = len(capture.audit("af_key.authorise", "rate_limited", rogue))
-            if audited != limited:
-                failures.append(f"{limited} rate-limited answers but {audited} audit lines")
-            attempts += [_Attempt("flood", True, audited == limited)] * limited
+            flood = await _flood(d, rogue, entry, flood_n, rng)
+            flood.audited = len(capture.audit("af_key.authorise", "rate_limited", rogue))
+            failures += flood.failures()
+            attempts += [_Attempt("flood", True, flood.audited == flood.limited)] * flood.limited
             # The victim's own bucket is untouched by the rogue's flood.
             control_ok = 0
             for _ in range(5):
                 ok, _mid = await d.legit(victim, rng)
                 control_ok += ok
 
-            # 4. Replaying captured requests. The rogue replays its own request (a duplicate:
-            #    acked, processed once), replays the victim's bytes (the broker's user_id
-            #    betrays it) and re-seals its own id with other bytes (a replay conflict).
-            own = await d.clients[rogue].capture(d.key_request(rogue, d.ues[0]))
-            theirs = await d.clients[victim].capture(d.key_request(victim, d.ues[0]))
-            await wait_for(lambda: d.observer.nef[own.msg_id] and d.observer.nef[theirs.msg_id], 10)
-            await asyncio.sleep(0.5)  # let the replay guard record both as DONE
-            attacker = Attacker(attack_kit_for_abuse(env, d), clock=system_clock_ms,
-                                rng=os.urandom, seed=11)
-            publisher = HostilePublisher({n: d.clients[n].party for n in (victim, rogue)})
-            replays = {
-                "replay-same": attacker.replay(own),
-                "replay-other": attacker.replay_other_sender(theirs),
-                "replay-conflict": attacker.same_id_other_bytes(own),
-            }
-            for mid, hostile in replays.items():
-                assert hostile.publisher == rogue
-                await publisher.publish(hostile, mid)
-            await publisher.close()
-
-            def replays_settled() -> bool:
-                delta = Snapshot.take().since(before)
-                return delta.duplicates["done"] >= 1 and (
-                    delta.rejected["identity_mismatch"] >= 1
-                    and delta.rejected["replay_conflict"] >= 1
-                )
-
-            await wait_for(replays_settled, 15)
-            delta = Snapshot.take().since(before)
-            dup_logged = bool(
-                capture.with_fields("duplicate delivery acked", msg_id=own.msg_id.hex())
-            )
-            attempts.append(_Attempt(
-                "replay by its sender",
-                delta.duplicates["done"] >= 1 and d.observer.nef[own.msg_id] == 1,
-                dup_logged,
-            ))
-            for mid, reason in (
-                ("replay-other", "identity_mismatch"),
-                ("replay-conflict", "replay_conflict"),
-            ):
-                logged = bool(capture.with_fields("dead-lettered", message_id=mid, reason=reason))
-                attempts.append(_Attempt(mid, delta.rejected[reason] >= 1, logged))
-            twice = sum(c - 1 for c in d.observer.nef.values() if c > 1)
+            # 4. Replaying captured requests.
+            replayed, twice = await _replay_captured(env, d, capture, before, (rogue, victim))
+            attempts += replayed
 
     found, _others = await drain_dead_letters(
         mgmt, {"replay-other", "replay-conflict", "forged-user-id-" + victim}, timeout_s=5
     )
     if "forged-user-id-" + victim in found:
         failures.append("a publish with a forged user_id reached the network's queue")
-    for mid, reason in (("replay-other", "identity_mismatch"), ("replay-conflict", "replay_conflict")):
+    for mid, reason in (
+        ("replay-other", "identity_mismatch"),
+        ("replay-conflict", "replay_conflict"),
+    ):
         if found.get(mid, {}).get("headers", {}).get("x-akma-reason") != reason:
             failures.append(f"{mid} not dead-lettered with reason {reason}")
     not_refused = [a.name for a in attempts if not a.refused]
@@ -1029,11 +1003,11 @@ async def run_legit_af_abuse(env: Environment, scale: Scale) -> ScenarioResult:
     unverified = sorted({a.name for a in attempts if a.logged is None})
     forged_through = "forged-user-id-" + victim in found
     result.load = flood_n + 5
-    result.answered = served + limited + control_ok
+    result.answered = flood.served + flood.limited + control_ok
     result.hostile_tried = len(attempts)
     # Requests served beyond the bucket's ceiling were accepted although they should not be.
     result.forgeries_accepted = (
-        len(not_refused) + int(forged_through) + max(0, served - math.floor(ceiling))
+        len(not_refused) + int(forged_through) + max(0, flood.served - math.floor(flood.ceiling))
     )
     result.duplicates_processed = twice
     result.lost = len(not_logged) + sum(
@@ -1044,22 +1018,119 @@ async def run_legit_af_abuse(env: Environment, scale: Scale) -> ScenarioResult:
     result.seconds = time.monotonic() - started
     result.extra = {
         "attempts": [a.__dict__ for a in attempts if a.name != "flood"],
-        "flood": {"sent": flood_n, "served": served, "rate_limited": limited,
-                  "unanswered": unanswered, "seconds": round(elapsed, 3),
-                  "ceiling": round(ceiling, 1)},
+        "flood": {"sent": flood_n, "served": flood.served, "rate_limited": flood.limited,
+                  "unanswered": flood.sent - flood.served - flood.limited,
+                  "seconds": round(flood.elapsed, 3), "ceiling": round(flood.ceiling, 1)},
         "control_requests_ok": control_ok,
         "failures": failures,
         "log_unverified": unverified,
     }
     result.notes = (
         f"{len(attempts)} abuse attempts refused: queue reads ACCESS_REFUSED, forged user_id "
-        f"PRECONDITION_FAILED, flood {limited}/{flood_n} rate_limited (audited), replay processed "
+        f"PRECONDITION_FAILED, flood {flood.limited}/{flood_n} rate_limited (audited), replay "
+        f"processed "
         f"once + duplicate logged, other-sender and conflicting replays dead-lettered"
         + (f"; broker log not reachable for {unverified}" if unverified else "")
         + ("; FAILURES: " + " | ".join(failures + not_refused + not_logged)
            if failures or not_refused or not_logged else "")
     )
     return result
+
+
+@dataclass
+class _FloodOutcome:
+    sent: int
+    served: int
+    limited: int
+    elapsed: float
+    # The most a token bucket can serve in ``elapsed``: its burst plus the refill, plus one.
+    ceiling: float
+    audited: int = 0
+
+    def failures(self) -> list[str]:
+        out = []
+        if self.served > self.ceiling:
+            out.append(f"served {self.served} > bucket ceiling {self.ceiling:.0f}")
+        if self.limited == 0:
+            out.append("the flood was never rate limited")
+        if self.audited != self.limited:
+            out.append(f"{self.limited} rate-limited answers but {self.audited} audit lines")
+        return out
+
+
+async def _flood(
+    d: Deployment, rogue: str, entry: AfEntry, sent: int, rng: random.Random
+) -> _FloodOutcome:
+    """``sent`` key requests by ``rogue`` at once: every one answered, the excess refused."""
+    flood_started = time.monotonic()
+    answers = await asyncio.gather(
+        *(d.clients[rogue].request(d.key_request(rogue, rng.choice(d.ues)))
+          for _ in range(sent)),
+        return_exceptions=True,
+    )
+    elapsed = time.monotonic() - flood_started
+    served = sum(isinstance(a, tuple) and isinstance(a[0], AkmaAfKeyData) for a in answers)
+    limited = sum(
+        isinstance(a, tuple)
+        and isinstance(a[0], Rejected)
+        and a[0].reason == "rate_limited"
+        for a in answers
+    )
+    ceiling = entry.burst + entry.rate_per_second * elapsed + 1
+    return _FloodOutcome(sent, served, limited, elapsed, ceiling)
+
+
+async def _replay_captured(
+    env: Environment, d: Deployment, capture: LogCapture, before: Snapshot,
+    parties: tuple[str, str],
+) -> tuple[list[_Attempt], int]:
+    """The rogue replays its own request (a duplicate: acked, processed once), replays the
+    victim's bytes (the broker's user_id betrays it) and re-seals its own id with other bytes
+    (a replay conflict). Returns the attempts and how many requests the NEF processed twice."""
+    rogue, victim = parties
+    own = await d.clients[rogue].capture(d.key_request(rogue, d.ues[0]))
+    theirs = await d.clients[victim].capture(d.key_request(victim, d.ues[0]))
+    await wait_for(lambda: d.observer.nef[own.msg_id] and d.observer.nef[theirs.msg_id], 10)
+    await asyncio.sleep(0.5)  # let the replay guard record both as DONE
+    attacker = Attacker(attack_kit_for_abuse(env, d), clock=system_clock_ms,
+                        rng=os.urandom, seed=11)
+    publisher = HostilePublisher({n: d.clients[n].party for n in (victim, rogue)})
+    replays = {
+        "replay-same": attacker.replay(own),
+        "replay-other": attacker.replay_other_sender(theirs),
+        "replay-conflict": attacker.same_id_other_bytes(own),
+    }
+    for mid, hostile in replays.items():
+        if hostile.publisher != rogue:
+            raise ScenarioError(f"{mid} would be published by {hostile.publisher}, not {rogue}")
+        await publisher.publish(hostile, mid)
+    await publisher.close()
+
+    def replays_settled() -> bool:
+        delta = Snapshot.take().since(before)
+        return delta.duplicates["done"] >= 1 and (
+            delta.rejected["identity_mismatch"] >= 1
+            and delta.rejected["replay_conflict"] >= 1
+        )
+
+    await wait_for(replays_settled, 15)
+    delta = Snapshot.take().since(before)
+    dup_logged = bool(
+        capture.with_fields("duplicate delivery acked", msg_id=own.msg_id.hex())
+    )
+    attempts = [_Attempt(
+        "replay by its sender",
+        delta.duplicates["done"] >= 1 and d.observer.nef[own.msg_id] == 1,
+        dup_logged,
+    )]
+    for mid, reason in (
+        ("replay-other", "identity_mismatch"),
+        ("replay-conflict", "replay_conflict"),
+    ):
+        logged = bool(capture.with_fields("dead-lettered", message_id=mid, reason=reason))
+        attempts.append(_Attempt(mid, delta.rejected[reason] >= 1, logged))
+    twice = sum(c - 1 for c in d.observer.nef.values() if c > 1)
+    return attempts, twice
 
 
 def attack_kit_for_abuse(env: Environment, d: Deployment) -> AttackKit:

@@ -89,7 +89,9 @@ def format_table(results: Sequence[ScenarioResult]) -> str:
     )
     cells = [f"{getattr(total, key):.1f}" if key == "seconds" else f"**{getattr(total, key)}**"
              for key, _ in _COLUMNS]
-    rows.append("| " + " | ".join(cells) + f" | {'pass' if all(r.passed for r in results) else 'FAIL'} |")
+    rows.append(
+        "| " + " | ".join(cells) + f" | {'pass' if all(r.passed for r in results) else 'FAIL'} |"
+    )
     return "\n".join([header, rule, *rows])
 
 

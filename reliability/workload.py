@@ -98,7 +98,9 @@ class Lab:
         return bytes.fromhex(self.master_key_file.read_text().strip())
 
 
-def registry_toml(afs: Sequence[str], *, rate_per_second: float = 1e6, burst: int = 1_000_000) -> str:
+def registry_toml(
+    afs: Sequence[str], *, rate_per_second: float = 1e6, burst: int = 1_000_000
+) -> str:
     """An AF registry with every AF internal and a rate limit far above any test load, so that
     the only refusals a scenario can see are the ones it provokes on purpose."""
     lines = [f'ausf_identities = ["{AUSF}"]', ""]
@@ -153,7 +155,9 @@ def queue_depth(mgmt: Management, queue: str) -> int:
     return int(info.get("messages", 0) or 0)
 
 
-async def settled_depth(mgmt: Management, queue: str, *, want: int = 0, timeout_s: float = 12.0) -> int:
+async def settled_depth(
+    mgmt: Management, queue: str, *, want: int = 0, timeout_s: float = 12.0
+) -> int:
     """The depth of ``queue`` once it reaches ``want`` or ``timeout_s`` passed.
 
     The management API refreshes queue statistics only every few seconds (5 s by default), so a
@@ -176,7 +180,9 @@ async def dead_letter_count(mgmt: Management, *, settle_s: float = 6.0) -> int:
 # ---- parties ------------------------------------------------------------------------------------
 
 
-def broker_settings(pki: PkiLayout, name: str, host: str, port: int, **overrides: Any) -> BrokerSettings:
+def broker_settings(
+    pki: PkiLayout, name: str, host: str, port: int, **overrides: Any
+) -> BrokerSettings:
     paths = pki.party(name)
     values: dict[str, Any] = {
         "host": host,
@@ -194,7 +200,9 @@ def broker_settings(pki: PkiLayout, name: str, host: str, port: int, **overrides
     return BrokerSettings(**values)
 
 
-def security_settings(lab: Lab, name: str, replay_sqlite: Path, **overrides: Any) -> SecuritySettings:
+def security_settings(
+    lab: Lab, name: str, replay_sqlite: Path, **overrides: Any
+) -> SecuritySettings:
     values: dict[str, Any] = {
         "key_dir": lab.pki.party_dir(name),
         "trust_dir": lab.pki.root,
@@ -408,6 +416,24 @@ class LoadReport:
     def answered_after(self, moment: float) -> int:
         return sum(1 for t in self.done_at if t > moment)
 
+    def retryable_error(self, code: str, *, first_call: bool, final: bool) -> None:
+        self.error_at.append((time.monotonic(), code))
+        if first_call:
+            self.first_errors[code] += 1
+        if final:
+            self.failed += 1
+            self.final_errors[code] += 1
+
+    def answer(self, *, correct: bool, first_call: bool) -> None:
+        if not correct:
+            self.wrong += 1
+            return
+        self.done_at.append(time.monotonic())
+        if first_call:
+            self.answered += 1
+        else:
+            self.retried_ok += 1
+
     def summary(self) -> str:
         parts = [f"answered {self.answered}/{self.load}", f"ok on retry {self.retried_ok}"]
         if self.wrong:
@@ -426,6 +452,24 @@ def _error_code(exc: BaseException) -> str:
 # Errors an application sees as "try again": a timeout, or a link that stayed down through the
 # transport's own retries. Anything else (refusal, wrong reply) is final.
 _RETRYABLE: tuple[type[BaseException], ...] = (KeyRequestTimeoutError, BrokerAdapterError)
+
+
+class _Pacer:
+    """Lets callers start no faster than ``rate_per_s`` (at once when it is None or 0)."""
+
+    def __init__(self, rate_per_s: float | None) -> None:
+        self._rate = rate_per_s
+        self._lock = asyncio.Lock()
+        self._next_start = time.monotonic()
+
+    async def turn(self) -> None:
+        if not self._rate:
+            return
+        async with self._lock:
+            wait = self._next_start - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._next_start = max(self._next_start, time.monotonic()) + 1.0 / self._rate
 
 
 async def drive(
@@ -453,13 +497,9 @@ async def drive(
             try:
                 key = await client.get_application_key(job.ue.a_kid)
             except _RETRYABLE as exc:
-                code = _error_code(exc)
-                rep.error_at.append((time.monotonic(), code))
-                if call == 0:
-                    rep.first_errors[code] += 1
-                if call == app_retries:
-                    rep.failed += 1
-                    rep.final_errors[code] += 1
+                final = call == app_retries
+                rep.retryable_error(_error_code(exc), first_call=call == 0, final=final)
+                if final:
                     return
                 await asyncio.sleep(retry_pause_s)
                 continue
@@ -467,32 +507,18 @@ async def drive(
                 rep.failed += 1
                 rep.final_errors[_error_code(exc)] += 1
                 return
-            if key.k_af != job.expected():
-                rep.wrong += 1
-                return
-            rep.done_at.append(time.monotonic())
-            if call == 0:
-                rep.answered += 1
-            else:
-                rep.retried_ok += 1
+            rep.answer(correct=key.k_af == job.expected(), first_call=call == 0)
             return
 
-    pace = asyncio.Lock()
-    next_start = time.monotonic()
+    pacer = _Pacer(rate_per_s)
 
     async def worker() -> None:
-        nonlocal next_start
         while True:
             try:
                 job = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            if rate_per_s:
-                async with pace:
-                    wait = next_start - time.monotonic()
-                    if wait > 0:
-                        await asyncio.sleep(wait)
-                    next_start = max(next_start, time.monotonic()) + 1.0 / rate_per_s
+            await pacer.turn()
             await one(job)
 
     await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
@@ -565,7 +591,7 @@ class WorkerProcess:
         self.generation += 1
         # Each run of the worker appends to the same log, so the audit count covers all of them.
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
+            self.proc = subprocess.Popen(  # noqa: S603 - this interpreter and our module
                 [sys.executable, "-m", self.module],
                 env=self.env,
                 cwd=REPO,

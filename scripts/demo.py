@@ -91,7 +91,9 @@ class Demo:
               f"ready in {broker.boot_seconds}s")
         return pki, endpoint
 
-    def worker_env(self, pki: PkiLayout, endpoint: BrokerEndpoint, prefix: str, name: str) -> dict[str, str]:
+    def worker_env(
+        self, pki: PkiLayout, endpoint: BrokerEndpoint, prefix: str, name: str
+    ) -> dict[str, str]:
         party = pki.party(name)
         env = dict(os.environ)
         env.update({
@@ -110,7 +112,7 @@ class Demo:
 
     def spawn(self, label: str, module: str, env: dict[str, str]) -> None:
         log = open(self.work / f"{label}.log", "wb")  # noqa: SIM115 - owned by the child
-        self.procs[label] = subprocess.Popen(
+        self.procs[label] = subprocess.Popen(  # noqa: S603 - this interpreter and our module
             [sys.executable, "-m", module], env=env, stdout=log, stderr=subprocess.STDOUT,
             cwd=REPO, stdin=subprocess.DEVNULL,
         )
@@ -185,8 +187,12 @@ class Demo:
             supi="imsi-001010000000001", k_ausf=os.urandom(32), realm=REALM, gpsi="msisdn-15550001"
         )
 
-        self.step("AUSF registers the subscriber's anchor key at the AAnF (Naanf_AKMA_AnchorKey_Register)")
-        ausf = await open_secure_party(self.broker_settings(pki, endpoint, AUSF), self.security(pki, AUSF))
+        self.step(
+            "AUSF registers the subscriber's anchor key at the AAnF (Naanf_AKMA_AnchorKey_Register)"
+        )
+        ausf = await open_secure_party(
+            self.broker_settings(pki, endpoint, AUSF), self.security(pki, AUSF)
+        )
         requester = SecureRequester(
             ausf.endpoint, ausf.connection, inbox_queue(AUSF),
             request_exchange=topology.REQUEST_EXCHANGE,
@@ -194,7 +200,9 @@ class Demo:
         await requester.start()
         try:
             info: AkmaKeyInfo = ue.anchor_key_info()
-            answer = await requester.request(NETWORK, NETWORK, info.MSG_TYPE, info.to_body(), timeout_s=5)
+            answer = await requester.request(
+                NETWORK, NETWORK, info.MSG_TYPE, info.to_body(), timeout_s=5
+            )
             reply = decode_body(answer.msg_type, answer.body)
             self.check(getattr(reply, "a_kid", None) == ue.a_kid, f"registered A-KID {ue.a_kid}")
         finally:
@@ -205,7 +213,9 @@ class Demo:
         seen: dict[str, dict[str, Any]] = {}
         for af in (AF1, AF2):
             challenge = os.urandom(16)
-            result = await ua_request("127.0.0.1", ports[af], {"a_kid": ue.a_kid, "challenge": challenge.hex()})
+            result = await ua_request(
+                "127.0.0.1", ports[af], {"a_kid": ue.a_kid, "challenge": challenge.hex()}
+            )
             ue_key = ue.k_af(af, UA_TLS13_SHARED_KEY)
             print(f"   {af}:")
             print(f"     K_AF derived by the UE : {ue_key.hex()}")
@@ -214,13 +224,16 @@ class Demo:
             self.check(ok, f"{af}: UE and AF hold the same K_AF")
             proof_ok = result.get("proof") == key_proof(ue_key, challenge).hex()
             self.check(proof_ok, f"{af}: key-confirmation proof verifies with the UE's K_AF")
-            print(f"     identity given to the AF: supi={result.get('supi')} gpsi={result.get('gpsi')}")
+            print(f"     identity given to the AF: supi={result.get('supi')} "
+                  f"gpsi={result.get('gpsi')}")
             seen[af] = result
         self.check(seen[AF1].get("supi") == ue.supi, "AF1 is internal: it was given the SUPI")
         self.check(seen[AF2].get("supi") is None and seen[AF2].get("gpsi") == ue.gpsi,
                    "AF2 is external: it was given the GPSI, never the SUPI")
 
-        self.step("AF2 (worker stopped; its identity used by a misbehaving client) asks with AF1's AF_ID")
+        self.step(
+            "AF2 (worker stopped; its identity used by a misbehaving client) asks with AF1's AF_ID"
+        )
         self.stop_worker(AF2)
         await self.misbehave(pki, endpoint, ue, mgmt, ports["metrics"])
 
@@ -236,7 +249,9 @@ class Demo:
         self, pki: PkiLayout, endpoint: BrokerEndpoint, ue: UeSimulator, mgmt: Management,
         metrics_port: int,
     ) -> None:
-        party = await open_secure_party(self.broker_settings(pki, endpoint, AF2), self.security(pki, AF2))
+        party = await open_secure_party(
+            self.broker_settings(pki, endpoint, AF2), self.security(pki, AF2)
+        )
         rogue = AfService.build(party, af_id=make_af_id(AF1, UA_TLS13_SHARED_KEY), timeout_s=5)
         await rogue.start()
         try:
@@ -248,10 +263,15 @@ class Demo:
 
             self.step("Replay and tampering through the broker")
             own = AkmaAfKeyRequest(af_id=make_af_id(AF2, UA_TLS13_SHARED_KEY), a_kid=ue.a_kid)
-            data, msg_id = party.endpoint.seal(NETWORK, own.MSG_TYPE, own.to_body())
-            served = lambda: metric(metrics_port, "akma_network_requests_total",
-                                    'request="akma.af_key.request",answer="akma.af_key.data"')
-            dups = lambda: metric(metrics_port, "akma_secure_duplicates_total", 'kind="done"')
+            data, msg_id = await party.endpoint.seal(NETWORK, own.MSG_TYPE, own.to_body())
+
+            def served() -> float:
+                return metric(metrics_port, "akma_network_requests_total",
+                              'request="akma.af_key.request",answer="akma.af_key.data"')
+
+            def dups() -> float:
+                return metric(metrics_port, "akma_secure_duplicates_total", 'kind="done"')
+
             before_served, before_dups = served(), dups()
             await party.endpoint.publish_sealed(
                 REQUEST_EXCHANGE, NETWORK_ROUTING_KEY, data, msg_id, msg_type=own.MSG_TYPE
@@ -273,12 +293,16 @@ class Demo:
                 msg_type=own.MSG_TYPE,
             )
             reason = await dead_letter_reason(mgmt, tampered_id.hex())
-            self.check(reason is not None, f"a tampered envelope was dead-lettered, reason: {reason}")
+            self.check(
+                reason is not None, f"a tampered envelope was dead-lettered, reason: {reason}"
+            )
         finally:
             await rogue.stop()
             await party.close()
 
-    def broker_settings(self, pki: PkiLayout, endpoint: BrokerEndpoint, name: str) -> BrokerSettings:
+    def broker_settings(
+        self, pki: PkiLayout, endpoint: BrokerEndpoint, name: str
+    ) -> BrokerSettings:
         party = pki.party(name)
         return BrokerSettings(
             host=endpoint.host, port=endpoint.port, vhost=endpoint.vhost, identity=name,
@@ -317,7 +341,9 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> No
         await asyncio.sleep(0.1)
 
 
-async def dead_letter_reason(mgmt: Management, message_id: str, timeout: float = 15.0) -> str | None:
+async def dead_letter_reason(
+    mgmt: Management, message_id: str, timeout: float = 15.0
+) -> str | None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for item in mgmt.get_messages("akma", DEAD_LETTER_QUEUE, requeue=True):

@@ -11,12 +11,12 @@ import argparse
 import logging
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from broker_adapter.worker import JsonFormatter, run_worker
+from reliability import faults, hostile
 from reliability.result import (
     FULL,
     SMALL,
@@ -29,8 +29,6 @@ from reliability.result import (
 
 
 def _registry() -> dict[str, Scenario]:
-    from reliability import faults, hostile
-
     return {**faults.SCENARIOS, **hostile.SCENARIOS}
 
 
@@ -46,7 +44,7 @@ def _log_to_file(path: Path) -> Path:
     return path
 
 
-def _run(scenario: Coroutine[Any, Any, ScenarioResult]) -> ScenarioResult:
+def _run(scenario: Awaitable[ScenarioResult]) -> ScenarioResult:
     """Run one scenario on the loop the workers run on (``run_worker``'s default), so the
     in-process parties meet faults the way deployed workers would."""
     out: list[ScenarioResult] = []

@@ -67,7 +67,7 @@ def _key_request(ue: UeSimulator, fqdn: str = AF1) -> AkmaAfKeyRequest:
 def _seal_request(
     party: SecureParty, request: AkmaAfKeyRequest, recipient: str = "network"
 ) -> tuple[bytes, bytes]:
-    return party.endpoint.seal(recipient, request.MSG_TYPE, request.to_body())
+    return party.endpoint.seal_now(recipient, request.MSG_TYPE, request.to_body())
 
 
 async def _publish(party: SecureParty, data: bytes, msg_id: bytes, msg_type: str) -> None:
