@@ -81,15 +81,15 @@ async def test_twenty_concurrent_calls_make_one_request(broker: Any, pki: Any, t
 
 @pytest.mark.parametrize(
     "opening",
-    [{"open_in_thread": True, "open_thread_min_batch": 1}, {"open_in_thread": False}],
-    ids=["every-batch-on-the-thread", "all-on-the-loop"],
+    [{"envelope_thread": True}, {"envelope_thread": False}],
+    ids=["envelope-thread", "all-on-the-loop"],
 )
 async def test_envelopes_opened_on_a_worker_thread_or_on_the_loop(
     broker: Any, pki: Any, tmp_path: Path, opening: dict[str, Any]
 ) -> None:
-    # SecuritySettings.open_in_thread / open_thread_min_batch: by default a loop turn's
-    # deliveries go to the envelope thread once there are 4 of them. The two ends of that
-    # setting give the same answers and the same refusals, on both sides.
+    # SecuritySettings.envelope_thread: on, a loop turn's deliveries go to the envelope thread
+    # once there are a few of them; off, everything runs on the loop. Both give the same
+    # answers and the same refusals, on both sides.
     ues = [_ue(f"imsi-00101000000{i:04d}") for i in range(12)]
     async with h.network(broker, pki, tmp_path, **opening), \
             h.ausf(broker, pki, tmp_path) as ausf, \
