@@ -42,7 +42,7 @@ def test_bench_harness_runs_end_to_end_in_tiny_mode(tmp_path: Path) -> None:
     assert set(tp) == {"plain", "secured_sqlite"}
     assert tp["secured_sqlite"]["msg_per_s"] > 0 and tp["secured_sqlite"]["rejected"] == 0
     drain = results["drain"]["variants"]
-    assert set(drain) == {"plain", "transport", "secured_sqlite", "secured_sqlite_single"}
+    assert set(drain) == {"plain", "transport", "secured_sqlite", "secured_sqlite_no_thread"}
     assert all(row["msg_per_s"] > 0 and row["rejected"] == 0 for row in drain.values())
     assert results["metrics"]["drain_ratio"] > 0
     assert set(results["latency"]["levels"]) == {"1", "16", "64"}
