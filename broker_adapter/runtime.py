@@ -94,6 +94,8 @@ class SecureParty:
 
 # The Redis client's socket timeouts: they bound how long a dead server holds a store call.
 _REDIS_TIMEOUT_S = 2.0
+# How often the SQLite replay store's WAL is checkpointed.
+_CHECKPOINT_EVERY_S = 1.0
 # How long a worker keeps trying to open an SQLite replay file that another process is writing.
 _SQLITE_OPEN_WAIT_S = 10.0
 
@@ -135,6 +137,17 @@ async def _reload_trust_periodically(trust: TrustStore, every_s: float) -> None:
             trust.reload()
         except Exception:
             log.warning("trust reload failed; keeping the previous trust material", exc_info=True)
+
+
+async def _checkpoint_periodically(store: SqliteReplayStore, every_s: float) -> None:
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            # On a thread of its own: the checkpoint's fsync must not stall the event loop, and
+            # a passive checkpoint from its own connection does not block claims.
+            await asyncio.to_thread(store.checkpoint)
+        except ReplayStoreError:
+            log.warning("replay store checkpoint failed; retried later", exc_info=True)
 
 
 async def open_secure_party(
@@ -183,4 +196,7 @@ async def open_secure_party(
     party._tasks.append(
         asyncio.create_task(_reload_trust_periodically(trust, security.trust_reload_s))
     )
+    if isinstance(store, SqliteReplayStore):
+        party._tasks.append(asyncio.create_task(
+            _checkpoint_periodically(store, _CHECKPOINT_EVERY_S)))
     return party

@@ -33,6 +33,8 @@ _T = TypeVar("_T")
 _I = TypeVar("_I")
 
 _SCHEMA_VERSION = 1
+# WAL pages after which a commit checkpoints by itself (about 40 MB at 4 KiB pages).
+_BACKSTOP_CHECKPOINT_PAGES = 10_000
 # Column names are one letter because SQLite stores each row's column list only in the schema,
 # not per row; the short names are for the eye of whoever opens the file: k key, d digest,
 # s state, t owner token, l lease end, x expiry, r cached response. WITHOUT ROWID stores the row
@@ -103,6 +105,8 @@ class SqliteReplayStore:
         self._purge_batch = purge_batch
         self._claims_since_purge = 0
         self._closed = False
+        self._path = str(path)
+        self._checkpointer: sqlite3.Connection | None = None
         try:
             self._conn = sqlite3.connect(
                 str(path), isolation_level=None, check_same_thread=False,
@@ -121,6 +125,9 @@ class SqliteReplayStore:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={synchronous}")
+            # Checkpoints (which fsync) belong in ``checkpoint``, off the claim path; this is
+            # only the backstop for a store nobody checkpoints.
+            conn.execute(f"PRAGMA wal_autocheckpoint={_BACKSTOP_CHECKPOINT_PAGES}")
             conn.executescript(_SCHEMA)
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
@@ -167,6 +174,21 @@ class SqliteReplayStore:
         if not self._closed:
             self._closed = True
             self._conn.close()
+            if self._checkpointer is not None:
+                self._checkpointer.close()
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database from a second connection; in WAL mode a passive
+        checkpoint never blocks claims, so call it from any thread other than the claims'."""
+        if self._closed:
+            return
+        try:
+            if self._checkpointer is None:
+                self._checkpointer = sqlite3.connect(
+                    self._path, isolation_level=None, check_same_thread=False)
+            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:
+            raise ReplayStoreError(f"checkpoint failed: {exc}") from exc
 
     # ---- operations and introspection ----------------------------------------------------
 

@@ -233,3 +233,37 @@ def test_settings_are_checked() -> None:
         SqliteReplayStore(":memory:", purge_every=100, purge_batch=50)
     with pytest.raises(ValueError):
         SqliteReplayStore(":memory:", busy_timeout_ms=-1)
+
+
+def test_a_checkpoint_from_another_thread_runs_beside_claims(tmp_path: Path) -> None:
+    path = tmp_path / "replay.db"
+    store = SqliteReplayStore(path)
+    clock = FakeClock(T0)
+    guard = guard_on(store, clock)
+    stop = threading.Event()
+    checkpoints = 0
+
+    def checkpoint_until_stopped() -> None:
+        nonlocal checkpoints
+        while not stop.is_set():
+            store.checkpoint()
+            checkpoints += 1
+
+    checkpointer = threading.Thread(target=checkpoint_until_stopped)
+    checkpointer.start()
+    try:
+        for _ in range(300):
+            claim = claim_one(guard, os.urandom(16), os.urandom(32), T0)
+            assert claim.outcome is ClaimOutcome.PROCESS
+            assert complete_one(guard, claim) is True
+    finally:
+        stop.set()
+        checkpointer.join()
+    store.checkpoint()
+    assert checkpoints > 0
+    # Everything written is in the database file itself: the WAL has nothing left to copy.
+    with sqlite3.connect(path) as check:
+        busy, log_frames, copied = check.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    assert busy == 0 and log_frames == copied
+    store.close()
+    store.checkpoint()  # after close: nothing to do, no error
