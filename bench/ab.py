@@ -22,7 +22,7 @@ from typing import Any
 
 from bench.common import REPO
 
-PARTS = "throughput,drain,latency"
+PARTS = "pieces,throughput,drain,latency"
 VARIANTS = "plain,secured_sqlite,secured_redis"
 LEVELS = ("1", "16", "64")
 

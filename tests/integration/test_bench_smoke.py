@@ -56,6 +56,7 @@ def test_bench_harness_runs_end_to_end_in_tiny_mode(tmp_path: Path) -> None:
     assert results["memory"]["sqlite"]["ids"] == 300
     assert results["envelope_cpu"]["envelope_vs_jose_ratio"] > 0
     assert set(results["targets"]) == {
-        "throughput_ratio", "rpc_p99_ratio", "envelope_vs_jose_ratio", "replay_bytes_per_id"
+        "throughput_ratio", "rpc_p99_vs_plain_akma_1", "rpc_p99_vs_plain_akma_16",
+        "rpc_cpu_over_floor_64", "envelope_vs_jose_ratio", "replay_bytes_per_id",
     }
     assert "loadavg" in results["machine"]
