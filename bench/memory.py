@@ -15,7 +15,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from redis.asyncio import Redis
+from redis import Redis
 
 from bench.redis_util import RedisPrefix
 from broker_adapter.clock import system_clock_ms
@@ -70,8 +70,6 @@ async def sqlite_bytes_per_id(path: Path, ids: int) -> dict[str, Any]:
 
 
 async def redis_bytes_per_id(redis: RedisPrefix, ids: int) -> dict[str, Any]:
-    from redis import Redis
-
     redis.clean()
     client = Redis.from_url(redis.url, decode_responses=False)
     store = RedisReplayStore(client, prefix=redis.prefix, owns_client=True)
