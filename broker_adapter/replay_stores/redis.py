@@ -35,7 +35,7 @@ from redis.cluster import RedisCluster
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError, RedisError
 
-from broker_adapter.replay import (
+from broker_adapter.replay_entries import (
     DIGEST_BYTES,
     TOKEN_BYTES,
     Decision,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from broker_adapter.replay import (
+from broker_adapter.replay_entries import (
     Decision,
     Entry,
     EntryState,
