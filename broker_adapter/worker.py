@@ -95,7 +95,7 @@ def run_worker(main: Coroutine[Any, Any, None], event_loop: EventLoopChoice = "a
     """
     if event_loop != "asyncio":
         try:
-            import uvloop
+            import uvloop  # noqa: PLC0415 - optional (not on Windows)
         except ImportError:
             if event_loop == "uvloop":
                 main.close()
