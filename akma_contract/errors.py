@@ -2,7 +2,8 @@
 
 Every exception has a stable, machine-readable ``code``: codes go into audit logs, metric labels
 and dead-letter headers, so they never change once released. A remote AF never sees them
-verbatim; the network answers any ``InvalidRequestError`` with ``Rejected(reason="invalid_request")``.
+verbatim; the network answers any ``InvalidRequestError`` with
+``Rejected(reason="invalid_request")``.
 """
 
 from __future__ import annotations

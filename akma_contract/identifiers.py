@@ -57,6 +57,7 @@ AfId = Annotated[bytes, Field(min_length=6, max_length=258)]
 # one name would silently give two keys; refusing the non-canonical one makes that impossible.
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _MAX_FQDN_LEN: Final = 253
+_MIN_FQDN_LABELS: Final = 2
 
 
 def validate_fqdn(fqdn: str) -> str:
@@ -67,7 +68,7 @@ def validate_fqdn(fqdn: str) -> str:
     if len(fqdn) > _MAX_FQDN_LEN:
         raise InvalidAfIdError(f"FQDN longer than {_MAX_FQDN_LEN} characters")
     labels = fqdn.split(".")
-    if len(labels) < 2:
+    if len(labels) < _MIN_FQDN_LABELS:
         raise InvalidAfIdError("FQDN needs at least two labels")
     for label in labels:
         if not _LABEL.fullmatch(label):

@@ -59,7 +59,9 @@ class AfService:
             attempts=attempts,
         )
         holder["client"] = client
-        ua = UaServer(client, port=ua_port, reveal_keys=reveal_keys) if ua_port is not None else None
+        ua = None
+        if ua_port is not None:
+            ua = UaServer(client, port=ua_port, reveal_keys=reveal_keys)
         return cls(party, requester, client, ua)
 
     async def start(self) -> None:

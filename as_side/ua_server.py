@@ -41,12 +41,15 @@ class UaServer:
 
     @property
     def port(self) -> int:
-        assert self._server is not None
+        if self._server is None:
+            raise RuntimeError("the Ua server is not started")
         return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
         if self._reveal:
-            log.warning("demo mode: the Ua endpoint reveals K_AF to its callers; never in production")
+            log.warning(
+                "demo mode: the Ua endpoint reveals K_AF to its callers; never in production"
+            )
         self._server = await asyncio.start_server(
             self._serve, self._host, self._port, limit=_MAX_LINE
         )

@@ -1,11 +1,6 @@
 """``EnvelopeCodec``: the envelope as a small encode/decode codec for the transport.
 
-It only holds what every call would otherwise repeat (our identity, a trust view, the
-policy, the clock and the randomness) plus the epoch state of the epoch suites: the sending
-side's ``SenderEpochs`` and the receiving side's ``EpochKeyCache`` (created here unless
-injected, e.g. to share them between codecs or to set limits). It delegates to
-``broker_adapter.envelope`` and stays pure: the clock and the random source are injected, the
-trust view (``broker_adapter.trust_view``; ``TrustStore`` is one) is consulted in memory.
+Design notes: docs/architecture.md (Module notes).
 """
 
 from __future__ import annotations

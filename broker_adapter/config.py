@@ -1,8 +1,6 @@
 """Worker configuration from the environment and, optionally, a TOML file.
 
-Each worker subclasses ``EnvAndTomlSettings`` with its own ``env_prefix``; the TOML file is named
-by ``<PREFIX>CONFIG_FILE`` (e.g. ``AKMA_NET_CONFIG_FILE``) and the environment wins over it, so an
-operator can keep a file in the image and override single values per deployment.
+Design notes: docs/architecture.md (Module notes).
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
 """Coded errors of the message layer: envelope, trust store and replay decisions.
 
-Every failure while opening an envelope raises a subclass of ``EnvelopeError``; its ``code`` is
-stable and goes to dead-letter headers, metric labels and the audit log, never back to a peer.
-Opening failures are the message's fault (``Fault.REMOTE``); a seal refused for our own input
-is ours.
+Design notes: docs/architecture.md (Module notes).
 """
 
 from __future__ import annotations
@@ -18,9 +15,6 @@ class EnvelopeError(BrokerAdapterError):
     fault = Fault.REMOTE
 
 
-# ---- step 1: size and structure -----------------------------------------------------------
-
-
 class MalformedEnvelopeError(EnvelopeError):
     """The bytes are not a well-formed v1 structure (outer or, after decryption, inner)."""
 
@@ -33,9 +27,6 @@ class EnvelopeTooLargeError(EnvelopeError):
     code = "too_large"
 
 
-# ---- step 2: version and suite --------------------------------------------------------------
-
-
 class UnsupportedVersionError(EnvelopeError):
     code = "unsupported_version"
 
@@ -46,9 +37,6 @@ class UnsupportedSuiteError(EnvelopeError):
     code = "unsupported_suite"
 
 
-# ---- step 3 and 4: recipient key and decryption ---------------------------------------------
-
-
 class NotForMeError(EnvelopeError):
     """The recipient key id is not one of our decryption keys for that suite."""
 
@@ -57,9 +45,6 @@ class NotForMeError(EnvelopeError):
 
 class DecryptionFailedError(EnvelopeError):
     code = "decryption_failed"
-
-
-# ---- step 5: signature and signer certificate -----------------------------------------------
 
 
 class BadSignatureError(EnvelopeError):
@@ -82,9 +67,6 @@ class ExpiredSignerError(UntrustedSignerError):
     code = "expired_signer"
 
 
-# ---- step 6: identity bindings ----------------------------------------------------------------
-
-
 class IdentityMismatchError(EnvelopeError):
     """Sender, recipient or recipient key id disagree between the layers that name them."""
 
@@ -95,18 +77,12 @@ class CorrelationMismatchError(EnvelopeError):
     code = "correlation_mismatch"
 
 
-# ---- step 7: time -----------------------------------------------------------------------------
-
-
 class StaleMessageError(EnvelopeError):
     code = "stale"
 
 
 class FromFutureError(EnvelopeError):
     code = "from_future"
-
-
-# ---- step 8: replay (raised by ``broker_adapter.replay``) -------------------------------------
 
 
 class ReplayError(EnvelopeError):
@@ -121,9 +97,6 @@ class ReplayConflictError(ReplayError):
     code = "replay_conflict"
 
 
-# ---- sending side -----------------------------------------------------------------------------
-
-
 class InvalidSealInputError(EnvelopeError):
     """The caller asked to seal something v1 cannot carry (bad name, id length, key type...)."""
 
@@ -136,9 +109,6 @@ class NoRecipientKeyError(EnvelopeError):
     (a lapsed or revoked certificate), so a reply it cannot get is its own message's verdict."""
 
     code = "no_recipient_key"
-
-
-# ---- trust material ---------------------------------------------------------------------------
 
 
 class TrustStoreError(BrokerAdapterError):

@@ -1,18 +1,6 @@
 """Epoch keys: the state that lets the envelope's epoch suites amortise the HPKE KEM.
 
-An epoch suite (``*-E``, docs/envelope.md) does not run HPKE per message. The sender draws a
-32-byte epoch key K from its injected random source, wraps it ONCE with HPKE to the recipient's
-encryption key, and encrypts up to ``EpochLimits.max_messages`` signed inner messages, for at
-most ``EpochLimits.max_age_ms``, with AES-256-GCM under K. Every envelope carries the wrapped
-key, so any replica of the recipient can open any message in any order; a receiver remembers
-the keys it has unwrapped so that HPKE open runs about once per epoch and replica.
-
-This module holds only that state: ``SenderEpochs`` (per peer and suite, on the sending side)
-and ``EpochKeyCache`` (bounded, expiring, on the receiving side). The cryptography that creates
-and uses the keys lives in ``broker_adapter.envelope``. Both classes take the time as an
-argument (the caller's injected clock) and guard their maps with a lock: under asyncio the lock
-is never contended, and it keeps the use counter exact if a codec is shared with worker
-threads (for example to verify signatures off the event loop).
+Design notes: docs/architecture.md (Module notes).
 """
 
 from __future__ import annotations

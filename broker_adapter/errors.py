@@ -1,10 +1,6 @@
 """One exception root for the package; every subclass carries a stable code and says whose fault.
 
-Codes go into dead-letter headers, metric labels and logs; a remote peer never sees them. The
-split by fault follows h11's local/remote protocol errors: a ``REMOTE`` fault is the message's or
-its sender's (dead-letter it with the code), a ``LOCAL`` fault is ours (a key, a store, the link,
-a bug: requeue it, count it, alert). ``broker_adapter.verdict.outcome_for`` is the one mapping.
-Other packages' errors take part by carrying the same two class attributes, ``code`` and ``fault``.
+Design notes: docs/architecture.md (Module notes).
 """
 
 from __future__ import annotations
@@ -37,9 +33,6 @@ def fault_of(exc: BaseException) -> Fault:
 def code_of(exc: BaseException) -> str:
     code = getattr(type(exc), "code", None)
     return code if isinstance(code, str) else "internal_error"
-
-
-# ---- transport (I/O shell) -------------------------------------------------------------------
 
 
 class TransportError(BrokerAdapterError):

@@ -1,13 +1,6 @@
 """Who we are (``LocalIdentity``) and whom we encrypt to (``RecipientKey``).
 
-A party has separate keys for separate purposes: one signing key (with its certificate, whose
-fingerprint is the signer key id) and one or more HPKE decryption keys, each identified by the
-fingerprint of its encryption certificate. Several decryption keys may be live at once so that
-a key can rotate with overlap: senders switch to the new certificate while messages already
-sealed to the old one still open.
-
-The dataclasses are pure. ``load_local_identity`` is the only function here that reads files,
-and it is only called explicitly by the process shell.
+Design notes: docs/architecture.md (Module notes).
 """
 
 from __future__ import annotations
@@ -34,6 +27,7 @@ KID_LEN = 32
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _IDENTITY_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 MAX_IDENTITY_LEN = 253
+_HYBRID_PEM_BLOCKS = 2  # ML-KEM-768, then X25519
 
 _PEM_BLOCK_RE = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL)
 
@@ -118,9 +112,6 @@ class LocalIdentity:
         return key
 
 
-# ---- explicit loading from the PKI layout -------------------------------------------------------
-
-
 def _load_private_pem(data: bytes, what: str) -> object:
     try:
         return serialization.load_pem_private_key(data, password=None)
@@ -131,7 +122,7 @@ def _load_private_pem(data: bytes, what: str) -> object:
 def load_hybrid_private_key(data: bytes) -> hpke.MLKEM768X25519PrivateKey:
     """Parse ``enc-pq.key``: a PKCS#8 ML-KEM-768 block followed by a PKCS#8 X25519 block."""
     blocks = [m.group(0) for m in _PEM_BLOCK_RE.finditer(data)]
-    if len(blocks) != 2:
+    if len(blocks) != _HYBRID_PEM_BLOCKS:
         raise TrustStoreError("hybrid key file must hold exactly two PEM blocks")
     first = _load_private_pem(blocks[0], "ML-KEM-768 half")
     second = _load_private_pem(blocks[1], "X25519 half")
@@ -170,7 +161,7 @@ def load_local_identity(party_dir: Path, name: str) -> LocalIdentity:
     for cert_path in sorted(party_dir.glob("enc*.crt")):
         key_data = _read(cert_path.with_suffix(".key"))
         key: KemPrivateKey
-        if key_data.count(b"-----BEGIN") == 2:
+        if key_data.count(b"-----BEGIN") == _HYBRID_PEM_BLOCKS:
             key = load_hybrid_private_key(key_data)
         else:
             loaded = _load_private_pem(key_data, str(cert_path.with_suffix(".key")))

@@ -90,12 +90,14 @@ class _Job:
 
     @property
     def opened(self) -> OpenedMessage:
-        assert isinstance(self.progress.opened, OpenedMessage)
+        if not isinstance(self.progress.opened, OpenedMessage):
+            raise TypeError("the message is not opened yet")
         return self.progress.opened
 
     @property
     def claim(self) -> Claim:
-        assert isinstance(self.progress.claim, Claim)
+        if not isinstance(self.progress.claim, Claim):
+            raise TypeError("the message is not claimed yet")
         return self.progress.claim
 
 
@@ -243,7 +245,8 @@ class SecureReceiver:
 
     def _seal(self, job: _Job) -> SealedReply | Exception:
         reply = job.progress.reply
-        assert isinstance(reply, Reply)
+        if not isinstance(reply, Reply):
+            raise TypeError("sealing needs a reply")
         try:
             data, msg_id = self._endpoint.seal_now(
                 job.opened.sender, reply.msg_type, reply.body, correlation_id=job.opened.msg_id)
@@ -289,7 +292,8 @@ class SecureReceiver:
 
     async def _publish_reply(self, job: _Job) -> None:
         sealed = job.progress.sealed
-        assert isinstance(sealed, SealedReply) and self._reply_exchange is not None
+        if not isinstance(sealed, SealedReply) or self._reply_exchange is None:
+            raise TypeError("publishing needs a sealed reply and a reply exchange")
         await self._endpoint.publish_sealed(
             self._reply_exchange, job.opened.sender, sealed.data, sealed.msg_id,
             msg_type=sealed.msg_type, correlation_id=job.opened.msg_id)

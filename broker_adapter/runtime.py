@@ -1,7 +1,6 @@
 """Assemble one party's secure messaging from configuration: keys, trust, replay store, broker.
 
-This is the single place where files, Redis and the broker connection are opened for a party,
-so workers, the demo and the tests build parties the same way.
+Design notes: docs/architecture.md (Module notes).
 """
 
 from __future__ import annotations
@@ -107,9 +106,10 @@ async def _open_store(settings: SecuritySettings) -> ReplayStore:
     if settings.replay_store == "redis":
         if not settings.replay_redis_url:
             raise BrokerConfigError("replay_store=redis needs replay_redis_url")
-        from redis import Redis
+        # Imported only here: parties on the other stores never load the Redis client.
+        from redis import Redis  # noqa: PLC0415
 
-        from broker_adapter.replay_stores.redis import RedisReplayStore
+        from broker_adapter.replay_stores.redis import RedisReplayStore  # noqa: PLC0415
 
         client = Redis.from_url(settings.replay_redis_url, decode_responses=False,
                                 socket_timeout=_REDIS_TIMEOUT_S,

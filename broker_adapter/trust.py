@@ -1,20 +1,6 @@
 """Trust store: which certificates may sign our messages and which keys we may encrypt to.
 
-The store holds an immutable ``TrustSnapshot`` built from CA certificates, CRLs and the peers'
-signing and encryption certificates. ``reload()`` builds a new snapshot from the same source
-and swaps it in with one assignment, so a reader always sees either the old material or the
-new, never a mixture, and a failed reload leaves the old snapshot in force.
-
-Certificate checks: validity period at the caller's ``now`` (time is an argument, never read
-here), chain to a configured CA with ``cryptography.x509.verification``, key usage fitting the
-purpose (digitalSignature for signing, keyAgreement for encryption), revocation against a CRL
-whose signature was checked against the CA and whose nextUpdate has not passed. Verdicts are
-cached per key id until the earliest of the certificate's and CA's notAfter and the CRL's
-nextUpdate, because receiver-side verification is the per-core ceiling and a chain check per
-message would cost more than the signature itself.
-
-Only ``TrustStore.from_paths``/``from_directory`` and ``reload`` read files (through
-``broker_adapter.trust_material``, which also parses every certificate whole at load).
+Design notes: docs/architecture.md (Module notes).
 """
 
 from __future__ import annotations
@@ -59,9 +45,6 @@ from broker_adapter.trust_material import (
 
 def _ms_to_datetime(now_ms: int) -> datetime:
     return datetime.fromtimestamp(now_ms / 1000, tz=UTC)
-
-
-# ---- the snapshot -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -117,8 +100,6 @@ class TrustSnapshot:
         }
         self._verdicts: dict[bytes, _CachedVerdict] = {}
         self._lock = threading.Lock()
-
-    # ---- verification -----------------------------------------------------------------------
 
     def _check(self, entry: PeerCert, now_ms: int, *, signing: bool) -> None:
         """Raise unless ``entry`` is trusted at ``now_ms``; cheap checks first, chain cached."""
@@ -188,8 +169,6 @@ class TrustSnapshot:
             return "verified subjects do not name the identity"
         return None
 
-    # ---- lookups ----------------------------------------------------------------------------
-
     def signing_cert(self, kid: bytes, now_ms: int) -> VerifiedSigner:
         entry = self._signing.get(kid)
         if entry is None:
@@ -237,7 +216,8 @@ class TrustStore:
         """A snapshot of ``material``, else of what the loader reads; errors are TrustStoreError."""
         try:
             if material is None:
-                assert self._loader is not None
+                if self._loader is None:
+                    raise TrustStoreError("a trust store needs material or a loader")
                 material = self._loader()
             return TrustSnapshot(material, require_crl=self._require_crl, mlkem_oid=self._mlkem_oid)
         except PARSE_ERRORS as exc:

@@ -1,8 +1,6 @@
 """Trust entries: checked certificates and CRLs sorted into what the snapshot looks up.
 
-A peer certificate becomes a signing entry or an encryption entry (or is left out); a CRL,
-once its signature is checked against its CA, becomes a set of revoked serials per issuer. No
-I/O and no clock: validity periods are kept as milliseconds for the snapshot to compare.
+Design notes: docs/architecture.md (Module notes).
 """
 
 from __future__ import annotations
@@ -118,8 +116,12 @@ def classify(
         and isinstance(public_key.curve, ec.SECP256R1)
     )
     # A TLS certificate must not double as a message-signing key, even with the right usage.
-    if usage.digital_signature and signing_key_type and not is_tls_cert(cert):
-        assert isinstance(public_key, (ed25519.Ed25519PublicKey, ec.EllipticCurvePublicKey))
+    if (
+        usage.digital_signature
+        and signing_key_type
+        and isinstance(public_key, (ed25519.Ed25519PublicKey, ec.EllipticCurvePublicKey))
+        and not is_tls_cert(cert)
+    ):
         return SigningCert(common, public_key)
     if usage.key_agreement and isinstance(public_key, x25519.X25519PublicKey):
         raw = mlkem_public_key(cert, mlkem_oid)

@@ -1,12 +1,6 @@
 """Trust inputs: reading CA certificates, CRLs and peer certificates, and reading their fields.
 
-``cryptography`` parses a certificate's extensions lazily, on first access, so a certificate
-that loads can still raise later (a duplicated extension, a malformed authorityKeyIdentifier).
-Every certificate and CRL is therefore parsed whole here, at load, and any failure becomes a
-``TrustStoreError`` that names the file: a bad file is a load error, never a crash on the
-message path or in the reload thread.
-
-Only ``load_material`` and ``load_directory`` read files.
+Design notes: docs/architecture.md (Module notes).
 """
 
 from __future__ import annotations
@@ -88,9 +82,6 @@ def check_crl(crl: x509.CertificateRevocationList, where: str) -> None:
         raise TrustStoreError(_failure(f"malformed CRL in {where}", exc)) from exc
 
 
-# ---- reading files ----------------------------------------------------------------------------
-
-
 def _read(path: Path) -> bytes:
     try:
         return Path(path).read_bytes()
@@ -166,9 +157,6 @@ def load_directory(directory: Path) -> TrustMaterial:
     parties = root / "parties"
     certs = sorted(parties.glob("*/sign*.crt")) + sorted(parties.glob("*/enc*.crt"))
     return load_material(cas=cas, crls=sorted((root / "ca").glob("*.pem")), certificates=certs)
-
-
-# ---- certificate fields (the certificate was checked at load) ---------------------------------
 
 
 def single_dns_identity(cert: x509.Certificate) -> str | None:

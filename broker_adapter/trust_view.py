@@ -1,10 +1,6 @@
 """What the pure envelope core needs from a trust store, as protocols.
 
-``EnvelopeCodec`` only looks keys up: the signer's key by key id (``SignerDirectory``, the
-protocol ``open_envelope`` already takes) and a peer's encryption key by name
-(``RecipientDirectory``). ``TrustView`` is both. ``broker_adapter.trust.TrustStore`` satisfies
-it, but the core never imports that module, which reads files and is reloaded from a thread;
-tests and tools can pass an in-memory view instead.
+Design notes: docs/architecture.md (Module notes).
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ thread) is what makes the secure path affordable. Everything of that kind is bui
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -105,7 +106,9 @@ class TurnBatcher(Generic[ItemT, ResultT]):
     def _take(self) -> list[_Entry[ItemT]]:
         live = [e for e in self._pending if not e.future.cancelled()]
         taken, size = 0, 0
-        while taken < len(live) and (taken == 0 or size + len(live[taken].items) <= self._max_batch):
+        while taken < len(live) and (
+            taken == 0 or size + len(live[taken].items) <= self._max_batch
+        ):
             size += len(live[taken].items)
             taken += 1
         self._pending = live[taken:]
@@ -160,10 +163,9 @@ class EnvelopeWorker:
         return await asyncio.wrap_future(job, loop=loop)
 
     def _count_down(self, loop: asyncio.AbstractEventLoop) -> None:
-        try:
+        # A closed loop raises RuntimeError: nothing will run inline any more.
+        with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(self._finished)
-        except RuntimeError:  # the loop is closed: nothing will run inline any more
-            pass
 
     def _finished(self) -> None:
         self._outstanding -= 1

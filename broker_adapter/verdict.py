@@ -159,6 +159,10 @@ def _after_handling(p: Progress) -> Stage | Verdict:
         if isinstance(p.sealed, Exception):
             # A reply that cannot be sealed to its requester is this message's own verdict.
             return failed(p.sealed, release=_claimed(p))
+    return _after_sealing(p, answers)
+
+
+def _after_sealing(p: Progress, answers: bool) -> Stage | Verdict:
     if _claimed(p):
         if p.completed is PENDING:
             return Stage.COMPLETE

@@ -86,16 +86,11 @@ async def run_until_signalled(
 
 
 def run_worker(main: Coroutine[Any, Any, None], event_loop: EventLoopChoice = "auto") -> None:
-    """Run a worker's main coroutine to the end on the chosen event loop.
-
-    uvloop does the loop's own work per message (callbacks, futures, socket and TLS I/O) in C:
-    on the 2-core bench machine the secured stream consumer used 7-12 % less CPU per message
-    with it (docs/benchmarks.md, item 11). Everything above the loop is the same code either
-    way.
-    """
+    """Run a worker's main coroutine to the end on the chosen event loop (uvloop's gain:
+    docs/benchmarks.md, "Workers on uvloop")."""
     if event_loop != "asyncio":
         try:
-            import uvloop
+            import uvloop  # noqa: PLC0415 - optional (not on Windows)
         except ImportError:
             if event_loop == "uvloop":
                 main.close()

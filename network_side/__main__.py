@@ -15,7 +15,8 @@ from network_side.settings import NetworkSettings, read_master_key
 async def _start(settings: NetworkSettings) -> Callable[[], Awaitable[None]]:
     settings.context_db.parent.mkdir(parents=True, exist_ok=True)
     registry = AfRegistry.load(settings.af_registry)
-    store = SqliteContextStore(settings.context_db, master_key=read_master_key(settings.master_key_file))
+    master_key = read_master_key(settings.master_key_file)
+    store = SqliteContextStore(settings.context_db, master_key=master_key)
     node = await start_network_node(
         settings.broker,
         settings.security,

@@ -59,6 +59,7 @@ FC_A_TID: Final = 0x81
 FC_K_AF: Final = 0x82
 
 _MAX_PARAM_LEN: Final = 0xFFFF
+_MAX_FC: Final = 0xFF
 _IMSI_DIGITS = re.compile(r"[0-9]{5,15}")
 
 
@@ -70,7 +71,7 @@ def kdf(key: bytes, fc: int, *params: bytes | str) -> bytes:
     """
     if not isinstance(key, bytes) or not key:
         raise InvalidKeyError("KDF key must be non-empty bytes")
-    if not 0 <= fc <= 0xFF:
+    if not 0 <= fc <= _MAX_FC:
         raise ValueError(f"FC must be one octet, got {fc!r}")
     parts = [bytes([fc])]
     for param in params:

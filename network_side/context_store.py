@@ -154,6 +154,7 @@ class MemoryContextStore:
 # ---- SQLite default -------------------------------------------------------------------------
 
 _T = TypeVar("_T")
+_MASTER_KEY_LEN: Final = 32  # AES-256
 
 #: Format marker of an encrypted K_AKMA blob, so the scheme can change without guessing.
 _BLOB_VERSION: Final = 1
@@ -201,7 +202,7 @@ class SqliteContextStore:
         master_key: bytes,
         nonce_source: Callable[[int], bytes] = os.urandom,
     ) -> None:
-        if not isinstance(master_key, bytes) or len(master_key) != 32:
+        if not isinstance(master_key, bytes) or len(master_key) != _MASTER_KEY_LEN:
             raise ConfigError("context store master key must be 32 bytes (AES-256)")
         self._aead = AESGCM(master_key)
         self._nonce_source = nonce_source

@@ -1,8 +1,9 @@
-"""The network worker's I/O shell: secure broker messages in, NEF/AAnF decisions, sealed replies out.
+"""The network worker's I/O shell: secure broker messages in, NEF/AAnF decisions, sealed replies
+out.
 
 All decisions are made by the pure ``Nef``; this module only decodes, dispatches, measures and
-sends. A ``StoreError`` (our own storage failing) escapes the handler on purpose: it is our fault, so
-the receive path releases the replay claim and requeues the request, bounded by the delivery
+sends. A ``StoreError`` (our own storage failing) escapes the handler on purpose: it is our fault,
+so the receive path releases the replay claim and requeues the request, bounded by the delivery
 limit.
 """
 

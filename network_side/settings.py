@@ -15,6 +15,9 @@ from broker_adapter.config import EnvAndTomlSettings
 from broker_adapter.runtime import SecuritySettings
 from broker_adapter.transport import BrokerSettings
 from broker_adapter.worker import EventLoopChoice
+from network_side.errors import ConfigError
+
+_MASTER_KEY_LEN = 32
 
 
 class NetworkSettings(EnvAndTomlSettings):
@@ -38,14 +41,12 @@ class NetworkSettings(EnvAndTomlSettings):
 
 
 def read_master_key(path: Path) -> bytes:
-    from network_side.errors import ConfigError
-
     try:
         text = path.read_text().strip()
         key = bytes.fromhex(text)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read master key from {path}: {exc}") from exc
-    if len(key) != 32:
+    if len(key) != _MASTER_KEY_LEN:
         raise ConfigError(f"master key in {path} must be 32 bytes (64 hex digits)")
     if path.stat().st_mode & 0o077:
         raise ConfigError(f"master key file {path} must not be readable by group or others")

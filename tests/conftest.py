@@ -25,6 +25,12 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from infra.broker_config import (
+    CONTAINER_AMQPS_PORT,
+    CONTAINER_CONF_DIR,
+    CONTAINER_MANAGEMENT_PORT,
+    stage_container_config,
+)
 from infra.endpoint import BrokerEndpoint
 from infra.errors import BrokerNotInstalledError
 from infra.local_broker import LocalBroker, probe_amqp
@@ -87,7 +93,7 @@ def _from_url(pki: PkiLayout) -> BrokerRuntime:
 
 def _docker_engine_answers() -> bool:
     try:
-        import docker  # type: ignore[import-untyped]
+        import docker  # type: ignore[import-untyped]  # noqa: PLC0415 - optional dependency
 
         client = docker.from_env(timeout=3)
         try:
@@ -103,15 +109,9 @@ def _from_docker(pki: PkiLayout, workdir: Path) -> BrokerRuntime | None:
     if not _docker_engine_answers():
         return None
     try:
-        from docker.errors import DockerException  # type: ignore[import-untyped]
-        from testcontainers.community.rabbitmq import RabbitMqContainer
-
-        from infra.broker_config import (
-            CONTAINER_AMQPS_PORT,
-            CONTAINER_CONF_DIR,
-            CONTAINER_MANAGEMENT_PORT,
-            stage_container_config,
-        )
+        # Optional dependencies: without them the broker comes from elsewhere.
+        from docker.errors import DockerException  # type: ignore[import-untyped]  # noqa: PLC0415
+        from testcontainers.community.rabbitmq import RabbitMqContainer  # noqa: PLC0415
     except ImportError:
         return None
 
@@ -168,7 +168,8 @@ def _from_docker(pki: PkiLayout, workdir: Path) -> BrokerRuntime | None:
                 pytest.fail(f"container broker not ready: {exc!r}\n{logs}")
             time.sleep(0.5)
     _BROKER_REPORT.append(
-        f"container broker ready {time.monotonic() - started:.1f}s after start ({endpoint.amqp_url})"
+        f"container broker ready {time.monotonic() - started:.1f}s after start "
+        f"({endpoint.amqp_url})"
     )
     return BrokerRuntime(endpoint, "docker", container=container)
 

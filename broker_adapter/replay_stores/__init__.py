@@ -1,11 +1,6 @@
 """Stores for ``broker_adapter.replay.ReplayGuard``.
 
-- ``MemoryReplayStore``: a bounded in-process dictionary; a test double, it forgets on restart.
-- ``SqliteReplayStore``: the default; a file on disk (WAL) that survives restarts.
-- ``RedisReplayStore``: shared by all replicas that consume one queue; atomic via Lua.
-
-The Redis store is imported lazily by name so that users of the other stores never import the
-Redis client.
+Design notes: docs/architecture.md (Module notes).
 """
 
 from __future__ import annotations
@@ -23,7 +18,7 @@ __all__ = ["MemoryReplayStore", "RedisReplayStore", "SqliteReplayStore"]
 
 def __getattr__(name: str) -> Any:
     if name == "RedisReplayStore":
-        from broker_adapter.replay_stores.redis import RedisReplayStore
+        from broker_adapter.replay_stores.redis import RedisReplayStore  # noqa: PLC0415 - lazy
 
         return RedisReplayStore
     raise AttributeError(name)

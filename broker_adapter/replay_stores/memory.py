@@ -5,7 +5,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Sequence
 
-from broker_adapter.replay import (
+from broker_adapter.replay_entries import (
     Decision,
     Entry,
     ReplayStoreError,

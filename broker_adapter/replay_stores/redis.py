@@ -1,28 +1,6 @@
 """Redis replay store: one state shared by every replica that consumes the same queue.
 
-Each key is decided by a Lua script, which Redis runs atomically, so N replicas racing for a key
-see exactly one PROCESS. Scripts are sent with EVALSHA; a call that hits NOSCRIPT (after a
-server restart or ``SCRIPT FLUSH``) has its script loaded and is sent again, so the script text
-crosses the wire once per server.
-
-The store is blocking (``redis.Redis`` or ``redis.cluster.RedisCluster``) and every call is one
-round trip: with batch scripts, the claims of a batch go as ONE call of a script that claims
-each of its keys in turn, and so do the completions and the releases; each key is still decided
-alone, by the same Lua function as a one-key call, and per message that saves building,
-sending and parsing a command of its own. On a Redis Cluster a script may only touch keys of one
-hash slot, so with a ``RedisCluster`` client (or ``batch_scripts=False``) every key gets its own
-script call, all of them in one pipeline.
-
-An entry is a single string value with a PX expiry, laid out to stay small:
-
-    IN_PROGRESS  digest(16) 'P' token(8) lease_until_ms (decimal)
-    DONE         digest(16) 'D'
-    DONE         digest(16) 'R' cached response
-
-The Lua code mirrors ``broker_adapter.replay.decide``, ``completed_entry`` and
-``may_release``; the contract tests hold them to the same behaviour. Expiry is Redis's own: the
-key lives through its entry's ``expires_at_ms`` (as measured by the claiming replica's clock) and
-Redis deletes it after that, so the scripts never compare times except for the lease.
+Design notes: docs/architecture.md (Module notes).
 """
 
 from __future__ import annotations
@@ -35,7 +13,7 @@ from redis.cluster import RedisCluster
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError, RedisError
 
-from broker_adapter.replay import (
+from broker_adapter.replay_entries import (
     DIGEST_BYTES,
     TOKEN_BYTES,
     Decision,
@@ -178,8 +156,6 @@ class RedisReplayStore:
         """The Redis key of a replay key (for operators and tests)."""
         return self._prefix + key
 
-    # ---- ReplayStore protocol -------------------------------------------------------------
-
     def claim_many(
         self, items: Sequence[tuple[bytes, Entry]], now_ms: int
     ) -> list[Decision | Exception]:
@@ -217,8 +193,6 @@ class RedisReplayStore:
         if self._owns_client:
             self._client.close()
 
-    # ---- building calls -------------------------------------------------------------------
-
     def _claim_call(self, key: bytes, candidate: Entry, now_ms: int) -> _Call:
         if len(candidate.digest) != DIGEST_BYTES or len(candidate.token) != TOKEN_BYTES:
             raise ValueError("digest and token must have the fixed sizes of the value layout")
@@ -241,8 +215,6 @@ class RedisReplayStore:
         each other (completions, releases)."""
         return lambda calls: _Call(script, [c.keys[0] for c in calls],
                                    [arg for c in calls for arg in c.args])
-
-    # ---- one round trip -------------------------------------------------------------------
 
     def _run(
         self, calls: list[_Call | Exception], in_one: Callable[[list[_Call]], _Call]

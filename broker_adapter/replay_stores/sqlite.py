@@ -1,27 +1,18 @@
 """SQLite replay store: the default, one file on disk that survives restarts.
 
-Each call is one ``BEGIN IMMEDIATE`` transaction over its whole batch (read each row, ``decide``,
-write), so several processes may share the file and exactly one of them wins a key; a failed
-transaction fails the whole call with ``ReplayStoreError`` and changes nothing. WAL journaling
-lets readers run beside the writer; ``synchronous=NORMAL`` survives a crashed process (the case
-that matters for redelivery) but may lose the last commits on power loss, after which at most
-those messages are processed again (handlers are idempotent); pass ``synchronous="FULL"`` to
-close that gap at the cost of an fsync per call. SQLite's automatic checkpoint keeps the WAL
-bounded.
-
-The store is blocking and has no lock of its own: the caller runs its calls on the event loop or
-on one worker thread, never two at once (hence ``check_same_thread=False``).
+Design notes: docs/architecture.md (Module notes).
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from broker_adapter.replay import (
+from broker_adapter.replay_entries import (
     Decision,
     Entry,
     EntryState,
@@ -55,12 +46,11 @@ CREATE INDEX IF NOT EXISTS replay_expiry ON replay (x);
 # Completing and releasing are one statement each: this WHERE clause is the ownership rule of
 # ``completed_entry`` and ``may_release`` (live through x inclusive, IN_PROGRESS, same token), as
 # the Redis store's Lua scripts state it too; the contract tests hold all stores alike.
+# The f-strings below interpolate only these constants; values always go in as parameters.
 _OWNED = f"k = ? AND s = {int(EntryState.IN_PROGRESS)} AND t = ? AND x >= ?"
-_COMPLETE = (
-    # A finished entry needs neither token nor lease: NULL and 0 take no row bytes.
-    f"UPDATE replay SET s = {int(EntryState.DONE)}, t = NULL, l = 0, r = ? WHERE {_OWNED}"
-)
-_RELEASE = f"DELETE FROM replay WHERE {_OWNED}"
+# A finished entry needs neither token nor lease: NULL and 0 take no row bytes.
+_COMPLETE = f"UPDATE replay SET s = {int(EntryState.DONE)}, t = NULL, l = 0, r = ? WHERE {_OWNED}"  # noqa: S608
+_RELEASE = f"DELETE FROM replay WHERE {_OWNED}"  # noqa: S608 - constants only, see above
 _CLAIM = "INSERT OR REPLACE INTO replay (k, d, s, t, l, x, r) VALUES (?, ?, ?, ?, ?, ?, NULL)"
 # Expired means strictly before now (``is_expired``): the row must outlive its last instant.
 _PURGE = "DELETE FROM replay WHERE k IN (SELECT k FROM replay WHERE x < ? LIMIT ?)"
@@ -137,8 +127,6 @@ class SqliteReplayStore:
         if version not in (0, _SCHEMA_VERSION):
             raise ReplayStoreError(f"replay store {path} has schema version {version}")
 
-    # ---- ReplayStore protocol -------------------------------------------------------------
-
     def claim_many(
         self, items: Sequence[tuple[bytes, Entry]], now_ms: int
     ) -> list[Decision | Exception]:
@@ -190,8 +178,6 @@ class SqliteReplayStore:
         except sqlite3.Error as exc:
             raise ReplayStoreError(f"checkpoint failed: {exc}") from exc
 
-    # ---- operations and introspection ----------------------------------------------------
-
     def purge(self, now_ms: int, limit: int | None = None) -> int:
         """Delete expired rows now (at most ``limit``); returns how many were deleted."""
         return self._transaction(lambda conn: _purge(conn, now_ms, -1 if limit is None else limit))
@@ -206,8 +192,6 @@ class SqliteReplayStore:
         except sqlite3.Error as exc:
             raise ReplayStoreError(f"replay store: {exc!r}") from exc
         return SqliteStats(rows=rows, bytes_used=(pages - free) * page_size)
-
-    # ---- inside a transaction ---------------------------------------------------------------
 
     def _purge_due(self, claims: int) -> int | None:
         """Count ``claims``; returns how many rows to purge when a purge is due."""
@@ -266,7 +250,6 @@ def _each(items: Sequence[_I], body: Callable[[_I], _T]) -> list[_T | Exception]
     return out
 
 
-
 def _changed(conn: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> bool:
     return conn.execute(sql, params).rowcount == 1
 
@@ -291,8 +274,7 @@ def _select(conn: sqlite3.Connection, key: bytes) -> Entry | None:
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
+    # The error that made us roll back is the one worth reporting.
     if conn.in_transaction:
-        try:
+        with contextlib.suppress(sqlite3.Error):
             conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass  # the error that made us roll back is the one worth reporting

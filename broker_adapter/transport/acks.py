@@ -1,21 +1,6 @@
 """Coalesced acknowledgements: one ``basic.ack(multiple=True)`` for a run of finished deliveries.
 
-A consumer with prefetch N finishes many deliveries in the same turn of the event loop. Acking
-each one costs a frame, a TLS record and a syscall here, and on the broker one settle command in
-the quorum queue's log per message. ``multiple=True`` settles every delivery up to a tag in one
-frame and one command, but only deliveries of *this channel* that are still unsettled, so it may
-be used only for a prefix in which every delivery is finished:
-
-- ``AckLedger`` (pure) keeps the channel's unsettled delivery tags in arrival order and, at each
-  flush, splits the finished ones into the longest fully finished prefix (one multiple ack) and
-  the rest (single acks, sent at once so that a slow delivery never holds back the others);
-- deliveries settled any other way (nack, reject) leave the ledger before their frame is sent,
-  so a later multiple ack can never cover them;
-- ``AckBatcher`` (the shell) flushes once per loop turn and starts a new ledger when the robust
-  connection hands us a new channel (old tags mean nothing there; the broker redelivers them).
-  One sender task writes the plans strictly in order: if a later plan's multiple ack overtook an
-  earlier plan's single ack, the broker would see that single tag acked twice and close the
-  channel ("unknown delivery tag"), which the hostile-input test caught.
+Design notes: docs/architecture.md (Module notes).
 """
 
 from __future__ import annotations

@@ -1,17 +1,6 @@
 """One socket write per event-loop turn instead of one per AMQP frame.
 
-aiormq's writer task hands every frame (a publish, an ack, a confirm-select...) to its stream
-writer on its own, and asyncio's TLS transport turns each into a TLS record and, while the socket
-buffer is empty, a ``send`` system call of its own. On a loopback broker a send also runs the
-receiving side's TCP path and wakes the broker, so a producer that publishes 4,000 small messages
-a second pays for 4,000 sends, and the broker for 4,000 wake-ups and reads. Stock aio-pika only
-escapes that when the broker falls behind and the socket backs up.
-
-``CoalescingStreamWriter`` collects what is written during one loop turn and writes it as one
-block at the start of the next turn (or at once on ``close``/``write_eof`` or when the block
-reaches ``max_pending`` bytes). Frames keep their order, since every byte goes through the same
-buffer; the delay is one loop iteration. ``CoalescingTLSTransportFactory`` plugs it in through
-aiormq's public ``transport_factory`` hook, so every (re)connection of a robust connection gets it.
+Design notes: docs/architecture.md (Module notes).
 """
 
 from __future__ import annotations

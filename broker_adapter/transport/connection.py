@@ -1,12 +1,10 @@
 """Robust TLS connection with certificate (EXTERNAL) login.
 
-Reconnection lives only here, in aio-pika's robust connection: everything else assumes a
-connection and lets it restore channels and consumers after a broker restart or a cut link.
+Design notes: docs/architecture.md (Module notes).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -95,7 +93,6 @@ async def connect(
         )
     except Exception as exc:  # aiormq raises many unrelated types for a refused login.
         raise TransportError(f"cannot connect to {settings.host}:{settings.port}: {exc!r}") from exc
-    log.info(
-        "connected", extra={"identity": settings.identity, "broker": f"{settings.host}:{settings.port}"}
-    )
+    broker = f"{settings.host}:{settings.port}"
+    log.info("connected", extra={"identity": settings.identity, "broker": broker})
     return connection

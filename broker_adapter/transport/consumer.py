@@ -193,7 +193,8 @@ class Consumer:
             else:
                 # Back off a little so a transient fault does not become a hot loop; the
                 # delivery count grows the wait, the delivery limit ends it.
-                await asyncio.sleep(min(self._requeue_backoff_s * (2**delivery.delivery_count), 2.0))
+                backoff = self._requeue_backoff_s * (2**delivery.delivery_count)
+                await asyncio.sleep(min(backoff, 2.0))
                 self._acks.settle_elsewhere(message)
                 await message.nack(requeue=True)
                 metrics.CONSUMED.labels(queue=self._queue_name, outcome="requeue").inc()

@@ -1,7 +1,6 @@
 """What a handler sees of a delivery: an immutable copy, never an aio-pika object.
 
-Handlers answer an explicit ``verdict.Outcome`` per delivery; the consumer turns it into ack,
-dead-letter or requeue, so no code path can forget to settle a message.
+Design notes: docs/architecture.md (Module notes).
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
 """Prometheus metrics of the transport shell.
 
-Labels are bounded sets (exchange and queue names from the definitions, outcome names and
-error codes from this package), never message ids or identities of unauthenticated input.
+Design notes: docs/architecture.md (Module notes).
 """
 
 from __future__ import annotations

@@ -1,16 +1,6 @@
 """Deliveries taken straight from aiormq, without aio-pika's per-message object and task.
 
-For every delivery aio-pika builds an ``IncomingMessage`` (about fifteen attributes set through a
-guarded ``__setattr__``, expiration and timestamp decoding) and runs the consumer callback in a
-task of its own, on top of the task aiormq already runs it in. On the Xeon bench machine that was
-tens of microseconds per message (docs/benchmarks.md), for a consumer that reads eight fields and settles by delivery tag. ``RawDelivery`` keeps the aiormq
-delivery as it is and reads those fields from it when asked.
-
-Reconnection stays aio-pika's. ``RawConsumeQueue`` is a ``RobustQueue`` that records the consumer
-in the same table ``RobustQueue.consume`` does, so a restored channel subscribes it again with
-the same callback, and a ``basic.cancel`` from the broker for it triggers the same recovery as for
-any robust consumer (``RobustChannel`` looks the tag up in that table). Callbacks that are not
-``RawDeliveryCallback`` take aio-pika's own path unchanged.
+Design notes: docs/architecture.md (Module notes).
 """
 
 from __future__ import annotations
@@ -91,7 +81,7 @@ class RawDelivery:
 
 
 class RawConsumeQueue(RobustQueue):
-    async def consume(
+    async def consume(  # noqa: PLR0917 - the signature of RobustQueue.consume
         self,
         callback: Callable[[AbstractIncomingMessage], Awaitable[Any]] | RawDeliveryCallback,
         no_ack: bool = False,

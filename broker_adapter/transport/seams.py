@@ -1,14 +1,6 @@
 """The only places where the transport touches a library's private state, each checked.
 
-aio-pika and aiormq have no public API for two things the transport needs:
-- lifting aiormq's 10-frame bound on a connection's write queue (``asyncio.Queue`` has no setter
-  for ``maxsize``): with the bound, a burst of publishes hands the channel lock over one waiter
-  per loop turn and every frame gets a socket write of its own;
-- recording a raw-delivery consumer in ``RobustQueue``'s consumer table, which the robust
-  channel re-subscribes from after a reconnect and looks a broker-sent ``basic.cancel`` up in.
-``check_library_seams`` verifies both still exist in the shape used here; ``connect`` calls it,
-so a library upgrade that moves them fails at start with one clear error, not at the first
-reconnect (``tests/unit/test_seams.py`` runs it too).
+Design notes: docs/architecture.md (Module notes).
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
 """Connection settings for one party's broker client.
 
-Kept as a plain pydantic model so that workers can nest it in their own pydantic-settings
-configuration (environment variables and files) without this package reading the environment.
+Design notes: docs/architecture.md (Module notes).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""TLS client context for the broker: always verifies the broker, always presents our certificate."""
+"""TLS client context for the broker: verifies the broker, presents our certificate."""
 
 from __future__ import annotations
 

@@ -48,7 +48,9 @@ def security_for(pki: PkiLayout, name: str, workdir: Path, **overrides: Any) -> 
     return SecuritySettings(**values)
 
 
-async def open_party(broker: Any, pki: PkiLayout, name: str, workdir: Path, **sec: Any) -> SecureParty:
+async def open_party(
+    broker: Any, pki: PkiLayout, name: str, workdir: Path, **sec: Any
+) -> SecureParty:
     return await open_secure_party(
         party_settings(broker, pki, name), security_for(pki, name, workdir, **sec)
     )

@@ -65,7 +65,9 @@ async def test_unknown_akid_and_af_id_of_another_af(broker: Any, pki: Any, tmp_p
             await af1.client.get_application_key(_ue("imsi-001010000000003").a_kid)
 
 
-async def test_twenty_concurrent_calls_make_one_request(broker: Any, pki: Any, tmp_path: Path) -> None:
+async def test_twenty_concurrent_calls_make_one_request(
+    broker: Any, pki: Any, tmp_path: Path
+) -> None:
     ue = _ue("imsi-001010000000004")
     async with h.network(broker, pki, tmp_path), h.ausf(broker, pki, tmp_path) as ausf, \
             h.af(broker, pki, "af1.example.com", tmp_path) as af1:

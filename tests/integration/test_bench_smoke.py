@@ -26,7 +26,7 @@ def test_bench_harness_runs_end_to_end_in_tiny_mode(tmp_path: Path) -> None:
     except BrokerNotInstalledError as exc:
         _unavailable(str(exc))  # fails under CI=true, skips elsewhere
     out = tmp_path / "results"
-    proc = subprocess.run(
+    proc = subprocess.run(  # noqa: S603 - argv is sys.executable with fixed arguments
         [sys.executable, "-m", "bench.run", "--tiny", "--no-redis",
          "--tp-variants", "plain,secured_sqlite",
          "--work", str(tmp_path / "work"), "--out", str(out)],

@@ -311,11 +311,11 @@ def _management_get(broker: BrokerEndpoint, path: str, password: str) -> tuple[i
     assert broker.management_url is not None
     ctx = ssl.create_default_context(cafile=str(broker.ca))
     token = base64.b64encode(f"admin:{password}".encode()).decode()
-    request = urllib.request.Request(
+    request = urllib.request.Request(  # noqa: S310 - https URL of the test broker
         broker.management_url + path, headers={"Authorization": f"Basic {token}"}
     )
     try:
-        with urllib.request.urlopen(request, timeout=10, context=ctx) as response:
+        with urllib.request.urlopen(request, timeout=10, context=ctx) as response:  # noqa: S310 - https URL of the test broker
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -368,11 +368,11 @@ def test_management_api_refuses_party_users(broker: BrokerEndpoint) -> None:
     assert broker.management_url.startswith("https://")
     ctx = ssl.create_default_context(cafile=str(broker.ca))
     token = base64.b64encode(f"{AF1}:".encode()).decode()
-    request = urllib.request.Request(
+    request = urllib.request.Request(  # noqa: S310 - https URL of the test broker
         broker.management_url + "/api/whoami", headers={"Authorization": f"Basic {token}"}
     )
     with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(request, timeout=10, context=ctx)
+        urllib.request.urlopen(request, timeout=10, context=ctx)  # noqa: S310 - https URL of the test broker
     assert refused.value.code == 401
 
 

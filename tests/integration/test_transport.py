@@ -34,6 +34,7 @@ from broker_adapter.transport.consumer import BatchHandler
 from broker_adapter.transport.raw_consume import RawConsumeChannel
 from broker_adapter.transport.tls import client_ssl_context
 from broker_adapter.verdict import Ack, DeadLetter, Outcome, Requeue
+from reliability.proxy import TcpProxy
 from tests.integration.support import DLX, Management, party_settings
 
 pytestmark = pytest.mark.broker
@@ -96,7 +97,9 @@ def _msg(body: bytes = b"payload") -> OutgoingMessage:
     return OutgoingMessage(body=body, message_id=secrets.token_hex(16))
 
 
-async def _dead_letters_with(mgmt: Management, message_id: str, timeout: float = 10) -> dict[str, Any]:
+async def _dead_letters_with(
+    mgmt: Management, message_id: str, timeout: float = 10
+) -> dict[str, Any]:
     deadline = asyncio.get_running_loop().time() + timeout
     seen: list[dict[str, Any]] = []
     while asyncio.get_running_loop().time() < deadline:
@@ -308,8 +311,6 @@ async def test_a_cut_link_does_not_cancel_a_handling_under_way(
     # gives up its replay claim after its work is done, and the redelivery does the work again
     # (seen once in the link-fault soak). The consumer runs each handling in a task of its own:
     # it finishes; the broker redelivers the message, whose first ack died with the channel.
-    from reliability.proxy import TcpProxy
-
     proxy = TcpProxy([(broker.host, broker.port)])
     await proxy.start()
     net_conn = await connect(party_settings(broker, pki, NET, host=proxy.host, port=proxy.port))

@@ -120,7 +120,7 @@ def _start(name: str, module: str, env: dict[str, str], workdir: Path) -> Worker
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / "stderr.log"
     with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
+        process = subprocess.Popen(  # noqa: S603 - argv is sys.executable with fixed arguments
             [sys.executable, "-m", module],
             cwd=workdir,
             env=env,

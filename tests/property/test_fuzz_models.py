@@ -8,6 +8,7 @@ minimal input. A self-test proves the harness reports escapes and forgeries at a
 
 from __future__ import annotations
 
+import contextlib
 import random
 from typing import Any
 
@@ -144,10 +145,8 @@ def test_hypothesis_inner_plaintexts(world: fuzz.FuzzWorld, data: st.DataObject)
 )
 def test_hypothesis_model_values(msg_type: str, value: Any) -> None:
     body = msgpack.packb(value, use_bin_type=True)
-    try:
+    with contextlib.suppress(ContractError):
         assert isinstance(decode_body(msg_type, body), AkmaMessage)
-    except ContractError:
-        pass
 
 
 @_SETTINGS
@@ -155,7 +154,5 @@ def test_hypothesis_model_values(msg_type: str, value: Any) -> None:
 def test_hypothesis_model_byte_mutants(data: st.DataObject) -> None:
     msg_type, _ = data.draw(st.sampled_from(_MODEL_SEEDS))
     body = data.draw(byte_mutants([b for _, b in _MODEL_SEEDS]))
-    try:
+    with contextlib.suppress(ContractError):
         decode_body(msg_type, body)
-    except ContractError:
-        pass

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
 from infra.errors import BrokerNotInstalledError
 from infra.local_broker import find_rabbitmq_bin
@@ -100,8 +101,6 @@ async def test_worker_crash_shared_sqlite_replay_store() -> None:
 async def test_worker_crash_shared_redis_replay_store() -> None:
     url = os.environ.get("AKMA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
     try:
-        from redis.asyncio import Redis
-
         client = Redis.from_url(url)
         await client.ping()
         await client.aclose()

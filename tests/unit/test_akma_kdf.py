@@ -1,4 +1,7 @@
-"""Known-answer and validation tests for network_side.akma (TS 33.535 Annex A / TS 33.220 Annex B)."""
+"""Known-answer and validation tests for network_side.akma.
+
+Sources: TS 33.535 Annex A and TS 33.220 Annex B.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""UE simulator, and the whole AUSF -> AAnF <- AF flow through encoded message bodies (no broker)."""
+"""UE simulator, and the whole AUSF -> AAnF <- AF flow through encoded message bodies.
+
+No broker is involved.
+"""
 
 from __future__ import annotations
 

@@ -47,7 +47,7 @@ except ImportError:
 
 
 def test_as_side_imports_without_network_side() -> None:
-    out = subprocess.run(
+    out = subprocess.run(  # noqa: S603 - argv is sys.executable with fixed arguments
         [sys.executable, "-c", _BLOCKED_IMPORT], capture_output=True, text=True, check=False
     )
     assert out.returncode == 0, out.stderr

@@ -22,7 +22,7 @@ from broker_adapter.envelope import (
     seal_envelope,
 )
 from broker_adapter.errors import BrokerAdapterError, Fault
-from broker_adapter.identity import LocalIdentity
+from broker_adapter.identity import LocalIdentity, kid_of
 from broker_adapter.suites import (
     DEFAULT_SUITE_NAME,
     PER_MESSAGE_DEFAULT_SUITE_NAME,
@@ -86,7 +86,7 @@ def _open(data: bytes, me: Party, trust: TrustStore, **kw: Any) -> OpenedMessage
     return open_envelope(data, me=me.identity, trust=trust, **kw)
 
 
-# ---- round trips --------------------------------------------------------------------------------
+# ---- round trips
 
 
 @pytest.mark.parametrize("suite", SUITE_NAMES)
@@ -128,7 +128,7 @@ def test_empty_body_and_no_correlation(world: World) -> None:
     assert opened.body == b"" and opened.correlation_id is None
 
 
-# ---- step 1: size and structure -------------------------------------------------------------------
+# ---- step 1: size and structure
 
 
 class _Untouchable:
@@ -187,7 +187,7 @@ def test_malformed_outer_is_refused_before_any_key_is_touched(outer: bytes) -> N
         open_envelope(outer, me=trap, trust=trap, now_ms=NOW_MS, policy=POLICY)
 
 
-# ---- step 2: version and suite ----------------------------------------------------------------------
+# ---- step 2: version and suite
 
 
 def test_unknown_version_and_unknown_or_disallowed_suite() -> None:
@@ -212,7 +212,7 @@ def test_policy_refuses_unknown_suite_names() -> None:
         EnvelopePolicy(allowed_suites=frozenset({"AKMA1-RSA-NOPE"}))
 
 
-# ---- steps 3 and 4: recipient key and decryption -------------------------------------------------
+# ---- steps 3 and 4: recipient key and decryption
 
 
 def test_envelope_for_someone_else_is_not_for_me(world: World) -> None:
@@ -249,7 +249,7 @@ def test_tampered_ciphertext_fails_decryption(world: World, suite: str) -> None:
         _open(bytes(data), world.network, world.trust)
 
 
-# ---- helpers for hand-made envelopes ------------------------------------------------------------
+# ---- helpers for hand-made envelopes -----------------------------------------------------------
 
 
 def _reencrypt(
@@ -282,7 +282,7 @@ def _inner(
     return inner
 
 
-# ---- step 5: signature and signer ------------------------------------------------------------------
+# ---- step 5: signature and signer
 
 
 @pytest.mark.parametrize("suite", BOTH_MODES)
@@ -371,7 +371,7 @@ def test_foreign_ca_signer(world: World, ca_name: str) -> None:
         _open(_seal(impostor, world.network), world.network, trust)
 
 
-# ---- step 6: identity bindings ------------------------------------------------------------------
+# ---- step 6: identity bindings
 
 
 def test_recipient_kid_must_match_decrypting_key(world: World) -> None:
@@ -409,7 +409,7 @@ def test_correlation_id_must_match(world: World) -> None:
         _open(plain, world.af2, world.trust, expected_correlation_id=b"a" * 16)
 
 
-# ---- step 7: time --------------------------------------------------------------------------------
+# ---- step 7: time
 
 
 def test_timestamp_window_edges(world: World) -> None:
@@ -433,7 +433,7 @@ def test_timestamp_window_edges(world: World) -> None:
     assert POLICY.replay_retention_ms == POLICY.window_ms + 2 * POLICY.skew_ms
 
 
-# ---- key rotation ---------------------------------------------------------------------------------
+# ---- key rotation
 
 
 def test_signing_key_rotation_with_overlap(world: World) -> None:
@@ -471,8 +471,6 @@ def test_encryption_key_rotation(world: World) -> None:
     trust = ca.trust([world.network, me])
     suite = SUITES[DEFAULT_SUITE_NAME]
     chosen = trust.encryption_key_for("rot2.example.com", suite, NOW_MS)
-    from broker_adapter.identity import kid_of
-
     assert chosen.kid == kid_of(second[0])  # the newest certificate wins
     # A sender still using the old key: the recipient keeps both keys and opens it.
     old_key = me.recipient_key(DEFAULT_SUITE_NAME).__class__(
@@ -489,7 +487,7 @@ def test_encryption_key_rotation(world: World) -> None:
     assert _open(data, me, trust).body == b"x"
 
 
-# ---- errors ---------------------------------------------------------------------------------------
+# ---- errors
 
 
 def test_error_codes_are_distinct_and_rooted() -> None:

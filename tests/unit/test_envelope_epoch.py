@@ -1,4 +1,5 @@
-"""Epoch suites (``*-E``): one HPKE-wrapped key per peer, AES-256-GCM and a signature per message."""
+"""Epoch suites (``*-E``): one HPKE-wrapped key per peer, AES-256-GCM and a signature per
+message."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import msgpack
 import pytest
 from cryptography.hazmat.primitives.asymmetric import x25519
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from broker_adapter import envelope_errors as errors
 from broker_adapter.codec import EnvelopeCodec
@@ -417,8 +419,6 @@ def test_unverified_epochs_never_enter_the_cache(world: World) -> None:
 
 
 def test_cache_is_bounded_lru_and_entries_expire() -> None:
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
     cache = EpochKeyCache(max_entries=2, ttl_ms=1000)
     keys = [AESGCM(bytes([i]) * 32) for i in range(3)]
     cache.put(b"a", keys[0], 0)
@@ -466,8 +466,6 @@ def test_epoch_limits_are_validated() -> None:
 
 
 def test_sender_epochs_count_exactly_across_threads() -> None:
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
     epochs = SenderEpochs(EpochLimits(max_messages=100), max_peers=1)
     created: list[SenderEpoch] = []
 

@@ -1,4 +1,5 @@
-"""Party names are matched whole: no trailing newline or stray whitespace gives a second spelling."""
+"""Party names are matched whole: no trailing newline or stray whitespace gives a second
+spelling."""
 
 from __future__ import annotations
 

@@ -25,7 +25,9 @@ class _FlakyAanf:
         return 0
 
 
-async def test_purge_loop_keeps_going_after_a_failed_purge(caplog: pytest.LogCaptureFixture) -> None:
+async def test_purge_loop_keeps_going_after_a_failed_purge(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     aanf = _FlakyAanf()
     with caplog.at_level(logging.ERROR, logger="network_side.node"):
         task = asyncio.create_task(_purge_loop(cast(Aanf, aanf), 0.001))

@@ -359,7 +359,10 @@ def test_rabbit_password_hash_follows_the_sha256_scheme() -> None:
 
 def test_definitions_give_each_party_only_its_own_names() -> None:
     doc = build_definitions(
-        network="network", afs=list(AFS), admin_password="pw", salt=b"\x00\x01\x02\x03"
+        network="network",
+        afs=list(AFS),
+        admin_password="pw",  # noqa: S106 - a test value
+        salt=b"\x00\x01\x02\x03",
     )
     users = {u["name"]: u for u in doc["users"]}
     assert users["network"]["password_hash"] == "" and users[AFS[0]]["password_hash"] == ""

@@ -110,7 +110,8 @@ def test_bytes_per_live_id_within_budget(tmp_path: Path) -> None:
     store = SqliteReplayStore(tmp_path / "replay.db")
     guard = guard_on(store, clock)
     for i in range(2_000):
-        claim = claim_one(guard, os.urandom(16), os.urandom(32), T0, sender=f"af{i % 7}.example.com")
+        sender = f"af{i % 7}.example.com"
+        claim = claim_one(guard, os.urandom(16), os.urandom(32), T0, sender=sender)
         if i % 2:
             complete_one(guard, claim)
     stats = store.stats()

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from broker_adapter.codec import EnvelopeCodec
 from broker_adapter.envelope_errors import (
     BadSignatureError,
     InvalidSealInputError,
@@ -41,7 +42,8 @@ from broker_adapter.verdict import (
     decide,
     outcome_for,
 )
-from tests.unit.envelope_helpers import three_party_world
+from network_side.errors import ConflictError, StoreError, UnknownAkidError
+from tests.unit.envelope_helpers import POLICY, counter_rng, fixed_clock, three_party_world
 
 KEY = bytes(24)
 PROCESS = Claim(ClaimOutcome.PROCESS, "af1.example.com", bytes(16), KEY, token=bytes(8))
@@ -58,9 +60,6 @@ SEALED = SealedReply("akma.answer", b"sealed", bytes(16))
 
 def _opened() -> Any:
     world = three_party_world()
-    from broker_adapter.codec import EnvelopeCodec
-    from tests.unit.envelope_helpers import POLICY, counter_rng, fixed_clock
-
     clock = fixed_clock()
     sender = EnvelopeCodec(identity=world.af1.identity, trust=world.trust, policy=POLICY,
                            clock=clock, rng=counter_rng(1))
@@ -180,8 +179,6 @@ def test_outcome_for_is_the_one_mapping() -> None:
 
 
 def test_network_side_errors_say_whose_fault_they_are() -> None:
-    from network_side.errors import ConflictError, StoreError, UnknownAkidError
-
     assert outcome_for(ConflictError("a-kid of another supi")) == DeadLetter(
         "conflict", "a-kid of another supi")
     assert isinstance(outcome_for(StoreError("disk")), Requeue)
