@@ -6,10 +6,10 @@ Stages, with where they run:
    a claim another worker holds, or a replay store that is down, is retried for that message
    alone with a bounded wait while the rest of the batch goes on;
 2. the handlers, side by side on the loop;
-3. seal the replies, complete the claims and release those of failed messages, as one job on the
-   ``EnvelopeWorker``;
+3. seal the replies, complete the claims and release those of failed messages, on the loop (the
+   envelope thread is the bottleneck under load; this work holds the GIL wherever it runs);
 4. publish the replies (and re-send cached answers of finished duplicates), side by side.
-Stages 1 and 3 of concurrent batches are merged by a ``TurnBatcher`` while the worker is busy.
+Stages 1 and 3 of concurrent batches are merged by a ``TurnBatcher``: one store round for all.
 """
 
 from __future__ import annotations
@@ -86,7 +86,12 @@ def _always(_: OpenedMessage) -> bool:
 class _Job:
     delivery: Delivery
     progress: Progress = field(default_factory=Progress)
+    # ``decide(progress)``, kept current by ``advance`` after every stage.
+    step: Stage | Verdict = Stage.OPEN
     released: bool = False
+
+    def advance(self) -> None:
+        self.step = decide(self.progress)
 
     @property
     def opened(self) -> OpenedMessage:
@@ -145,6 +150,8 @@ class SecureReceiver:
         jobs = [_Job(d) for d in deliveries]
         try:
             await self._stage(self._first, jobs)
+            for job in jobs:
+                job.advance()
             ready = [job for job in jobs if not _must_wait(job)]
             await asyncio.gather(self._finish(ready),
                                  *(self._wait_then_finish(job) for job in jobs if _must_wait(job)))
@@ -163,7 +170,7 @@ class SecureReceiver:
         except Exception as exc:  # noqa: BLE001 - the worker itself failed: ours, for each
             log.error("envelope worker failed", exc_info=exc)
             for job in jobs:
-                _record_failure(job.progress, exc)
+                _record_failure(job, exc)
 
     async def _open_and_claim(self, jobs: list[_Job]) -> list[None | Exception]:
         return await self._endpoint.worker.run(lambda: self._open_and_claim_now(jobs), len(jobs))
@@ -201,11 +208,12 @@ class SecureReceiver:
         deadline = loop.time() + MAX_CLAIM_WAIT_S
         while _must_wait(job) and loop.time() < deadline:
             await asyncio.sleep(_wait_s(job.progress.claim))
-            await self._endpoint.worker.run(lambda: self._claim_now([job]))
+            self._claim_now([job])
+        job.advance()
         await self._finish([job])
 
     async def _finish(self, jobs: list[_Job]) -> None:
-        await self._handle([job for job in jobs if decide(job.progress) is Stage.HANDLE])
+        await self._handle([job for job in jobs if job.step is Stage.HANDLE])
         await self._stage(self._second, [job for job in jobs if _needs_second(job)])
         await self._publish(jobs)
 
@@ -217,6 +225,7 @@ class SecureReceiver:
                 job.progress.reply = await self._handler(job.opened)
             except Exception as exc:  # noqa: BLE001 - that message's verdict
                 job.progress.reply = exc
+            job.advance()
             return
         # Handlers may wait for I/O (a notification publish): they run side by side.
         replies = await asyncio.gather(*(self._handler(job.opened) for job in jobs),
@@ -225,21 +234,26 @@ class SecureReceiver:
             if isinstance(reply, BaseException) and not isinstance(reply, Exception):
                 raise reply
             job.progress.reply = reply
+            job.advance()
 
     async def _seal_and_settle(self, jobs: list[_Job]) -> list[None | Exception]:
-        return await self._endpoint.worker.run(lambda: self._seal_and_settle_now(jobs), len(jobs))
+        # On the loop: the envelope thread is the bottleneck under load, and this is mostly
+        # Python and store work, which holds the GIL wherever it runs.
+        return self._seal_and_settle_now(jobs)
 
     def _seal_and_settle_now(self, jobs: list[_Job]) -> list[None | Exception]:
         for job in jobs:
-            if decide(job.progress) is Stage.SEAL:
+            if job.step is Stage.SEAL:
                 job.progress.sealed = self._seal(job)
+                job.advance()
         # The sealed answer is remembered with the completion, before it is sent: a redelivered
         # request then gets the same bytes instead of a second derivation.
-        completing = [job for job in jobs if decide(job.progress) is Stage.COMPLETE]
+        completing = [job for job in jobs if job.step is Stage.COMPLETE]
         done = self._store_round(self._endpoint.guard.complete, [
             (job.claim, _sealed_data(job)) for job in completing])
         for job, result in zip(completing, done, strict=True):
             job.progress.completed = result
+            job.advance()
         self._release_now([job for job in jobs if _to_release(job)])
         return [None] * len(jobs)
 
@@ -276,10 +290,10 @@ class SecureReceiver:
         """On cancellation: free the claims of messages not finished, for their redeliveries."""
         owned = [job for job in jobs if _owns_claim(job)]
         if owned:
-            await self._endpoint.worker.run(lambda: self._release_now(owned), len(owned))
+            self._release_now(owned)
 
     async def _publish(self, jobs: list[_Job]) -> None:
-        sending = [job for job in jobs if decide(job.progress) is Stage.PUBLISH]
+        sending = [job for job in jobs if job.step is Stage.PUBLISH]
         resending = [job for job in jobs if _verdict(job).resend_cached]
         results = await asyncio.gather(*(self._publish_reply(job) for job in sending),
                                        *(self._resend(job) for job in resending),
@@ -289,6 +303,7 @@ class SecureReceiver:
                 raise result
         for job, result in zip(sending, results[:len(sending)], strict=True):
             job.progress.published = result if isinstance(result, Exception) else True
+            job.advance()
 
     async def _publish_reply(self, job: _Job) -> None:
         sealed = job.progress.sealed
@@ -343,7 +358,7 @@ class SecureReceiver:
 
 
 def _verdict(job: _Job) -> Verdict:
-    verdict = decide(job.progress)
+    verdict = job.step
     if isinstance(verdict, Verdict):
         return verdict
     # A stage left undone is a bug of this module; the message goes back, nothing is lost.
@@ -351,12 +366,11 @@ def _verdict(job: _Job) -> Verdict:
 
 
 def _needs_second(job: _Job) -> bool:
-    step = decide(job.progress)
-    return step in (Stage.SEAL, Stage.COMPLETE) or _to_release(job)
+    return job.step is Stage.SEAL or job.step is Stage.COMPLETE or _to_release(job)
 
 
 def _to_release(job: _Job) -> bool:
-    step = decide(job.progress)
+    step = job.step
     return isinstance(step, Verdict) and step.release and not job.released
 
 
@@ -365,11 +379,12 @@ def _sealed_data(job: _Job) -> bytes | None:
     return sealed.data if isinstance(sealed, SealedReply) else None
 
 
-def _record_failure(progress: Progress, exc: Exception) -> None:
-    """Put a failure of a whole stage on the first stage each message has not passed."""
-    step = decide(progress)
+def _record_failure(job: _Job, exc: Exception) -> None:
+    """Put a failure of a whole stage on the first stage the message has not passed."""
+    step = decide(job.progress)
     if isinstance(step, Stage):
-        setattr(progress, _FIELD[step], exc)
+        setattr(job.progress, _FIELD[step], exc)
+    job.advance()
 
 
 def _failure(progress: Progress) -> Exception | None:

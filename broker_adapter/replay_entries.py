@@ -133,7 +133,8 @@ class ReplayStore(Protocol):
     """Blocking, batch-shaped calls, each one store round, atomic per item (docs/replay.md).
 
     Answers come in the items' order; an item that fails alone gets its exception in its place,
-    a failed round raises ``ReplayStoreError``. Calls into one store never overlap.
+    a failed round raises ``ReplayStoreError``. Safe to call from the event loop and the envelope
+    thread at once.
     """
 
     def claim_many(

@@ -9,18 +9,16 @@ thread) is what makes the secure path affordable. Everything of that kind is bui
   ``transport/coalesce.py``, a consumer's dispatch of one turn's deliveries);
 - ``TurnBatcher``: the items submitted in one turn, or while the previous batch still runs, go
   to ``run`` as one batch; each caller awaits only its own answers;
-- ``EnvelopeWorker``: runs the blocking work (envelope crypto, replay-store rounds) inline on the
-  loop for a small batch when the thread is idle (a hand-off costs more than it saves there),
-  else on ONE thread (ECDSA and AES-GCM release the GIL, so the loop keeps moving frames). Work
-  never runs in both places at once, so the codec's caches and the replay store need no locks.
+- ``EnvelopeWorker``: where opening work runs: inline on the loop for a small batch (a hand-off
+  costs more than it saves there), else on ONE thread (ECDSA verification and AES-GCM release
+  the GIL, so the loop keeps moving frames, completing claims and sealing replies meanwhile).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -140,35 +138,20 @@ class TurnBatcher(Generic[ItemT, ResultT]):
 
 
 class EnvelopeWorker:
-    """Runs one party's blocking envelope and replay-store work, never two pieces at once."""
+    """Runs one party's opening work (checks 1-8): a small batch inline, a large one on ONE
+    thread, in submission order (the codec and the replay stores are safe from two threads)."""
 
     def __init__(self, *, use_thread: bool = True) -> None:
         self._executor = (
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="envelope")
             if use_thread else None
         )
-        # Jobs handed to the thread and not finished yet (counted on the loop).
-        self._outstanding = 0
 
     async def run(self, work: Callable[[], T], size: int = 1) -> T:
-        """``work()`` inline when it is small and the thread idle, else on the thread."""
-        if self._executor is None or (size < MIN_THREAD_BATCH and self._outstanding == 0):
+        """``work()`` inline when it is small (or there is no thread), else on the thread."""
+        if self._executor is None or size < MIN_THREAD_BATCH:
             return work()
-        loop = asyncio.get_running_loop()
-        self._outstanding += 1
-        job: Future[T] = self._executor.submit(work)
-        # Counted down when the thread is done, not when the caller stops waiting (a cancelled
-        # caller must not let inline work overlap the job still running).
-        job.add_done_callback(lambda _: self._count_down(loop))
-        return await asyncio.wrap_future(job, loop=loop)
-
-    def _count_down(self, loop: asyncio.AbstractEventLoop) -> None:
-        # A closed loop raises RuntimeError: nothing will run inline any more.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(self._finished)
-
-    def _finished(self) -> None:
-        self._outstanding -= 1
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
 
     def close(self) -> None:
         if self._executor is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+import threading
 from collections.abc import Sequence
 
 from broker_adapter.replay_entries import (
@@ -33,6 +34,8 @@ class MemoryReplayStore:
         # released, or rewritten with another expiry) are skipped when popped, which keeps
         # writes O(log n) instead of searching the heap.
         self._expiry: list[tuple[int, bytes]] = []
+        # The loop and the envelope thread may call at once; purge runs inside claim_many too.
+        self._lock = threading.RLock()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -40,51 +43,55 @@ class MemoryReplayStore:
     def purge(self, now_ms: int) -> int:
         """Drop every expired entry (``is_expired``); returns how many were dropped."""
         dropped = 0
-        while self._expiry and is_expired(self._expiry[0][0], now_ms):
-            expires_at, key = heapq.heappop(self._expiry)
-            entry = self._entries.get(key)
-            if entry is not None and entry.expires_at_ms == expires_at:
-                del self._entries[key]
-                dropped += 1
-        # Released keys leave heap items behind; rebuild when they dominate so that the heap,
-        # too, stays bounded by the number of live entries.
-        if len(self._expiry) > 2 * len(self._entries) + 64:
-            self._expiry = [(e.expires_at_ms, k) for k, e in self._entries.items()]
-            heapq.heapify(self._expiry)
+        with self._lock:
+            while self._expiry and is_expired(self._expiry[0][0], now_ms):
+                expires_at, key = heapq.heappop(self._expiry)
+                entry = self._entries.get(key)
+                if entry is not None and entry.expires_at_ms == expires_at:
+                    del self._entries[key]
+                    dropped += 1
+            # Released keys leave heap items behind; rebuild when they dominate, so that the
+            # heap, too, stays bounded by the number of live entries.
+            if len(self._expiry) > 2 * len(self._entries) + 64:
+                self._expiry = [(e.expires_at_ms, k) for k, e in self._entries.items()]
+                heapq.heapify(self._expiry)
         return dropped
 
     def claim_many(
         self, items: Sequence[tuple[bytes, Entry]], now_ms: int
     ) -> list[Decision | Exception]:
-        self.purge(now_ms)
-        out: list[Decision | Exception] = []
-        for key, candidate in items:
-            try:
-                out.append(self._claim(key, candidate, now_ms))
-            except ReplayStoreError as exc:  # full: that item fails, the others may fit
-                out.append(exc)
-        return out
+        with self._lock:
+            self.purge(now_ms)
+            out: list[Decision | Exception] = []
+            for key, candidate in items:
+                try:
+                    out.append(self._claim(key, candidate, now_ms))
+                except ReplayStoreError as exc:  # full: that item fails, the others may fit
+                    out.append(exc)
+            return out
 
     def complete_many(
         self, items: Sequence[tuple[bytes, bytes, bytes | None]], now_ms: int
     ) -> list[bool | Exception]:
         out: list[bool | Exception] = []
-        for key, token, response in items:
-            done = completed_entry(self._entries.get(key), token, response, now_ms)
-            if done is not None:
-                self._entries[key] = done
-            out.append(done is not None)
+        with self._lock:
+            for key, token, response in items:
+                done = completed_entry(self._entries.get(key), token, response, now_ms)
+                if done is not None:
+                    self._entries[key] = done
+                out.append(done is not None)
         return out
 
     def release_many(
         self, items: Sequence[tuple[bytes, bytes]], now_ms: int
     ) -> list[bool | Exception]:
         out: list[bool | Exception] = []
-        for key, token in items:
-            owned = may_release(self._entries.get(key), token, now_ms)
-            if owned:
-                del self._entries[key]
-            out.append(owned)
+        with self._lock:
+            for key, token in items:
+                owned = may_release(self._entries.get(key), token, now_ms)
+                if owned:
+                    del self._entries[key]
+                out.append(owned)
         return out
 
     def close(self) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +98,7 @@ class SqliteReplayStore:
         self._closed = False
         self._path = str(path)
         self._checkpointer: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
         try:
             self._conn = sqlite3.connect(
                 str(path), isolation_level=None, check_same_thread=False,
@@ -159,7 +161,9 @@ class SqliteReplayStore:
             items, lambda item: _changed(conn, _RELEASE, (item[0], item[1], now_ms))))
 
     def close(self) -> None:
-        if not self._closed:
+        with self._lock:
+            if self._closed:
+                return
             self._closed = True
             self._conn.close()
             if self._checkpointer is not None:
@@ -217,17 +221,19 @@ class SqliteReplayStore:
     def _transaction(self, body: Callable[[sqlite3.Connection], _T]) -> _T:
         """``body`` in one ``BEGIN IMMEDIATE`` transaction; any SQLite error rolls all of it
         back and raises ``ReplayStoreError``."""
-        conn = self._open_conn()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
+        # The loop and the envelope thread share the connection: one transaction at a time.
+        with self._lock:
+            conn = self._open_conn()
             try:
-                result = body(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                _rollback(conn)
-                raise
-        except sqlite3.Error as exc:
-            raise ReplayStoreError(f"replay store: {exc!r}") from exc
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = body(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    _rollback(conn)
+                    raise
+            except sqlite3.Error as exc:
+                raise ReplayStoreError(f"replay store: {exc!r}") from exc
         return result
 
     def _open_conn(self) -> sqlite3.Connection:

@@ -16,7 +16,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -328,45 +328,18 @@ def _decide(store: ReplayStore, key: bytes, entry: Entry, now_ms: int) -> Decisi
     return decision
 
 
-class _Serialized:
-    """One memory store seen by two threads, with calls kept apart as the caller guarantees."""
-
-    def __init__(self, store: MemoryReplayStore, lock: threading.Lock) -> None:
-        self._store, self._lock = store, lock
-
-    def claim_many(self, items: Sequence[tuple[bytes, Entry]],
-                   now_ms: int) -> list[Decision | Exception]:
-        with self._lock:
-            return self._store.claim_many(items, now_ms)
-
-    def complete_many(self, items: Sequence[tuple[bytes, bytes, bytes | None]],
-                      now_ms: int) -> list[bool | Exception]:
-        with self._lock:
-            return self._store.complete_many(items, now_ms)
-
-    def release_many(self, items: Sequence[tuple[bytes, bytes]],
-                     now_ms: int) -> list[bool | Exception]:
-        with self._lock:
-            return self._store.release_many(items, now_ms)
-
-    def close(self) -> None:
-        self._store.close()
-
-
 class TestMemoryContract(StoreContract):
-    @pytest.fixture
-    def shared(self) -> tuple[_Serialized, _Serialized]:
-        memory, lock = MemoryReplayStore(), threading.Lock()
-        return _Serialized(memory, lock), _Serialized(memory, lock)
+    # One store object for both guards: it is called from the loop and the envelope thread.
 
     @pytest.fixture
-    def store(self, shared: tuple[_Serialized, _Serialized]) -> Iterator[ReplayStore]:
-        yield shared[0]
-        shared[0].close()
+    def store(self) -> Iterator[ReplayStore]:
+        store = MemoryReplayStore()
+        yield store
+        store.close()
 
     @pytest.fixture
-    def other_store(self, shared: tuple[_Serialized, _Serialized]) -> ReplayStore:
-        return shared[1]
+    def other_store(self, store: ReplayStore) -> ReplayStore:
+        return store
 
 
 class TestSqliteContract(StoreContract):

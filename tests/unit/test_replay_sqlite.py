@@ -268,3 +268,26 @@ def test_a_checkpoint_from_another_thread_runs_beside_claims(tmp_path: Path) -> 
     assert busy == 0 and log_frames == copied
     store.close()
     store.checkpoint()  # after close: nothing to do, no error
+
+
+def test_one_store_object_shared_by_two_threads_processes_each_id_once(tmp_path: Path) -> None:
+    # The receive path calls one store from the event loop and from the envelope thread.
+    store = SqliteReplayStore(tmp_path / "replay.db")
+    clock = FakeClock(T0)
+    ids = [os.urandom(16) for _ in range(300)]
+    digests = [os.urandom(32) for _ in ids]
+    results: list[list[ClaimOutcome]] = [[], []]
+
+    def claim_all(out: list[ClaimOutcome]) -> None:
+        guard = guard_on(store, clock)
+        for msg_id, digest in zip(ids, digests, strict=True):
+            out.append(claim_one(guard, msg_id, digest, T0).outcome)
+
+    threads = [threading.Thread(target=claim_all, args=(r,)) for r in results]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for pair in zip(*results, strict=True):
+        assert sorted(o.value for o in pair) == ["duplicate_in_progress", "process"]
+    store.close()
