@@ -14,7 +14,7 @@ from broker_adapter.envelope import (
     open_envelope,
     seal_envelope,
 )
-from broker_adapter.envelope_errors import UnsupportedSuiteError
+from broker_adapter.envelope_errors import OwnCertificateExpiredError, UnsupportedSuiteError
 from broker_adapter.epoch import EpochKeyCache, EpochLimits, SenderEpochs
 from broker_adapter.identity import LocalIdentity
 from broker_adapter.suites import DEFAULT_SUITE_NAME, get_suite
@@ -60,7 +60,11 @@ class EnvelopeCodec:
         correlation_id: bytes | None = None,
     ) -> SealedEnvelope:
         """Seal ``body`` to the newest trusted encryption key of ``recipient``."""
-        key = self.trust.encryption_key_for(recipient, self.suite, self._clock())
+        now = self._clock()
+        expiry = self.identity.signing_not_after_ms
+        if expiry is not None and now > expiry:
+            raise OwnCertificateExpiredError(f"{self.identity.name}'s signing certificate")
+        key = self.trust.encryption_key_for(recipient, self.suite, now)
         return seal_envelope(
             suite=self.suite,
             identity=self.identity,

@@ -97,6 +97,13 @@ class ReplayConflictError(ReplayError):
     code = "replay_conflict"
 
 
+class OwnCertificateExpiredError(EnvelopeError):
+    """Our own signing certificate has expired: every peer would refuse what we seal."""
+
+    code = "own_certificate_expired"
+    fault = Fault.LOCAL
+
+
 class InvalidSealInputError(EnvelopeError):
     """The caller asked to seal something v1 cannot carry (bad name, id length, key type...)."""
 

@@ -69,6 +69,8 @@ class LocalIdentity:
     decryption_keys: Mapping[bytes, KemPrivateKey] = field(
         default_factory=lambda: MappingProxyType({})
     )
+    # The signing certificate's end of validity; peers refuse what we sign after it.
+    signing_not_after_ms: int | None = None
 
     def __post_init__(self) -> None:
         if not is_identity_name(self.name):
@@ -102,7 +104,8 @@ class LocalIdentity:
             ):
                 raise TrustStoreError("decryption key does not match its certificate")
             keys[kid_of(cert)] = key
-        return cls(name, signing_key, kid_of(signing_cert), MappingProxyType(keys))
+        return cls(name, signing_key, kid_of(signing_cert), MappingProxyType(keys),
+                   int(signing_cert.not_valid_after_utc.timestamp() * 1000))
 
     def decryption_key(self, kid: bytes, suite: Suite) -> KemPrivateKey:
         """Our private key for ``kid`` if it is ours and fits the suite's KEM."""

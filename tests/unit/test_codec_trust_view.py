@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -12,10 +13,13 @@ from cryptography.hazmat.primitives import hpke
 from broker_adapter import envelope_errors as errors
 from broker_adapter.codec import EnvelopeCodec
 from broker_adapter.envelope import VerifiedSigner
+from broker_adapter.envelope_errors import OwnCertificateExpiredError
+from broker_adapter.errors import Fault
 from broker_adapter.identity import RecipientKey, kid_of
 from broker_adapter.suites import DEFAULT_SUITE_NAME, KemAlgorithm, Suite
 from broker_adapter.trust_view import TrustView
-from tests.unit.envelope_helpers import POLICY, Party, TestPki, counter_rng, fixed_clock
+from broker_adapter.verdict import Requeue, outcome_for
+from tests.unit.envelope_helpers import NOW, POLICY, Party, TestPki, counter_rng, fixed_clock
 
 
 class InMemoryTrust:
@@ -94,3 +98,16 @@ def test_codec_and_envelope_do_not_import_the_file_reading_store() -> None:
     root = Path(__file__).parents[2]
     result = subprocess.run([sys.executable, "-c", code], cwd=root, check=False)  # noqa: S603 - argv is sys.executable with fixed arguments
     assert result.returncode == 0
+
+
+def test_sealing_with_our_own_expired_signing_certificate_is_our_fault() -> None:
+    ca = TestPki()
+    network = ca.party("network")
+    lapsed = ca.party("af1.example.com", not_after=NOW - timedelta(seconds=1))
+    trust = ca.trust([network, lapsed])
+    codec = EnvelopeCodec(identity=lapsed.identity, trust=trust, policy=POLICY,
+                          clock=fixed_clock(), rng=counter_rng(1))
+    with pytest.raises(OwnCertificateExpiredError) as raised:
+        codec.encode(recipient="network", msg_type="akma.t", body=b"x")
+    assert raised.value.fault is Fault.LOCAL
+    assert isinstance(outcome_for(raised.value), Requeue)
