@@ -324,8 +324,6 @@ class SecureReceiver:
         except Exception:  # noqa: BLE001 - best effort: the requester retries anyway
             log.warning("could not re-send cached reply", exc_info=True)
 
-    # ---- verdicts -------------------------------------------------------------------------
-
     def _settle(self, job: _Job) -> Outcome:
         verdict = _verdict(job)
         queue = job.delivery.queue
@@ -395,11 +393,6 @@ def _failure(progress: Progress) -> Exception | None:
     return None
 
 
-_FIELD = {
-    Stage.OPEN: "opened",
-    Stage.CLAIM: "claim",
-    Stage.HANDLE: "reply",
-    Stage.SEAL: "sealed",
-    Stage.COMPLETE: "completed",
-    Stage.PUBLISH: "published",
-}
+# Each stage's field in ``Progress``, in the stages' order.
+_FIELD = dict(zip(Stage, ("opened", "claim", "reply", "sealed", "completed", "published"),
+                  strict=True))
