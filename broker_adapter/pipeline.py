@@ -15,16 +15,14 @@ Stages 1 and 3 of concurrent batches are merged by a ``TurnBatcher``: one store 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import Counter
-
 from broker_adapter.envelope import OpenedMessage
 from broker_adapter.errors import Fault, code_of
+from broker_adapter.receive_metrics import count, count_local_fault
 from broker_adapter.replay import Claim, ClaimOutcome, ClaimRequest, ReplayStoreError
 from broker_adapter.transport.delivery import Delivery
 from broker_adapter.turns import TurnBatcher
@@ -46,22 +44,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("broker_adapter.pipeline")
 
-DUPLICATES = Counter(
-    "akma_secure_duplicates_total",
-    "Deliveries recognised as duplicates by the replay guard, by kind.",
-    ["queue", "kind"],
-)
-ACCEPTED = Counter(
-    "akma_secure_accepted_total",
-    "Deliveries that passed every envelope and replay check, by queue and message type.",
-    ["queue", "msg_type"],
-)
-LOCAL_FAULTS = Counter(
-    "akma_secure_local_faults_total",
-    "Deliveries requeued because of a fault of ours (own key, replay store, link, bug), by code.",
-    ["queue", "code"],
-)
-
 Handler = Callable[[OpenedMessage], Awaitable[Reply | None]]
 
 # A stage's batch across concurrent consumer batches; a submission is never split.
@@ -70,12 +52,6 @@ MAX_STAGE_BATCH = 64
 # requeued instead.
 MAX_CLAIM_WAIT_S = 5.0
 _STORE_RETRY_S = 0.2
-
-
-@functools.lru_cache(maxsize=256)
-def _accepted_counter(queue: str, msg_type: str) -> Any:
-    # ``labels()`` hashes and locks on every call; message types are checked by the envelope.
-    return ACCEPTED.labels(queue=queue, msg_type=msg_type)
 
 
 def _always(_: OpenedMessage) -> bool:
@@ -88,7 +64,8 @@ class _Job:
     progress: Progress = field(default_factory=Progress)
     # ``decide(progress)``, kept current by ``advance`` after every stage.
     step: Stage | Verdict = Stage.OPEN
-    released: bool = False
+    # The claim of a failed message was released or recorded as done.
+    claim_settled: bool = False
 
     def advance(self) -> None:
         self.step = decide(self.progress)
@@ -121,7 +98,7 @@ def _wait_s(claim: object) -> float:
 def _owns_claim(job: _Job) -> bool:
     claim = job.progress.claim
     return (isinstance(claim, Claim) and claim.outcome is ClaimOutcome.PROCESS
-            and not job.released and job.progress.completed is PENDING)
+            and not job.claim_settled and job.progress.completed is PENDING)
 
 
 class SecureReceiver:
@@ -152,9 +129,9 @@ class SecureReceiver:
             await self._stage(self._first, jobs)
             for job in jobs:
                 job.advance()
-            ready = [job for job in jobs if not _must_wait(job)]
-            await asyncio.gather(self._finish(ready),
-                                 *(self._wait_then_finish(job) for job in jobs if _must_wait(job)))
+            waiting = [job for job in jobs if _must_wait(job)]
+            await asyncio.gather(self._finish([job for job in jobs if not _must_wait(job)]),
+                                 self._wait_then_finish(waiting))
         except BaseException:
             await asyncio.shield(self._release(jobs))
             raise
@@ -198,24 +175,43 @@ class SecureReceiver:
             claims = self._endpoint.guard.claim([
                 ClaimRequest(j.opened.sender, j.opened.msg_id, j.opened.digest,
                              j.opened.timestamp_ms) for j in jobs])
-        except ReplayStoreError as exc:
+        except Exception as exc:  # noqa: BLE001 - the round failed: ours, for each of them
             claims = [exc] * len(jobs)
         for job, claim in zip(jobs, claims, strict=True):
             job.progress.claim = claim
 
-    async def _wait_then_finish(self, job: _Job) -> None:
+    async def _wait_then_finish(self, waiting: list[_Job]) -> None:
+        """Claim again, one store round for all, until each message's claim is decided or the
+        bounded wait is over; each goes on as soon as its own claim is decided."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + MAX_CLAIM_WAIT_S
-        while _must_wait(job) and loop.time() < deadline:
-            await asyncio.sleep(_wait_s(job.progress.claim))
-            self._claim_now([job])
-        job.advance()
-        await self._finish([job])
+        going: list[asyncio.Task[None]] = []
+        while waiting and loop.time() < deadline:
+            await asyncio.sleep(min(_wait_s(job.progress.claim) for job in waiting))
+            self._claim_now(waiting)
+            decided = [job for job in waiting if not _must_wait(job)]
+            waiting = [job for job in waiting if _must_wait(job)]
+            if decided:
+                for job in decided:
+                    job.advance()
+                going.append(asyncio.ensure_future(self._finish(decided)))
+        for job in waiting:
+            job.advance()
+        await asyncio.gather(self._finish(waiting), *going)
 
     async def _finish(self, jobs: list[_Job]) -> None:
-        await self._handle([job for job in jobs if job.step is Stage.HANDLE])
-        await self._stage(self._second, [job for job in jobs if _needs_second(job)])
-        await self._publish(jobs)
+        """Handle, seal, settle and publish ``jobs``; a fault of this module is each one's own
+        local failure, never a reason to abandon a neighbour's claim."""
+        try:
+            await self._handle([job for job in jobs if job.step is Stage.HANDLE])
+            await self._stage(self._second, [job for job in jobs if _needs_second(job)])
+            await self._publish(jobs)
+        except Exception as exc:  # noqa: BLE001 - recorded on each message not finished
+            log.error("receive path failed", exc_info=exc)
+            for job in jobs:
+                if isinstance(job.step, Stage):
+                    _record_failure(job, exc)
+            self._settle_claims_now(jobs)
 
     async def _handle(self, jobs: list[_Job]) -> None:
         if len(jobs) == 1:
@@ -254,8 +250,20 @@ class SecureReceiver:
         for job, result in zip(completing, done, strict=True):
             job.progress.completed = result
             job.advance()
-        self._release_now([job for job in jobs if _to_release(job)])
+        self._settle_claims_now(jobs)
         return [None] * len(jobs)
+
+    def _settle_claims_now(self, jobs: list[_Job]) -> None:
+        """Release (our fault) or record as done without an answer (the message's fault) the
+        claims of messages that failed after claiming."""
+        self._release_now([job for job in jobs if _settles(job, "release")])
+        finishing = [job for job in jobs if _settles(job, "finish")]
+        for job, result in zip(finishing, self._store_round(self._endpoint.guard.complete, [
+                (job.claim, None) for job in finishing]), strict=True):
+            job.claim_settled = True
+            if isinstance(result, Exception):
+                log.warning("could not record a refused message as done",
+                            extra={"reason": code_of(result)})
 
     def _seal(self, job: _Job) -> SealedReply | Exception:
         reply = job.progress.reply
@@ -281,13 +289,15 @@ class SecureReceiver:
         # A store that is down lets the claims expire with their leases instead.
         for job, result in zip(jobs, self._store_round(
                 self._endpoint.guard.release, [job.claim for job in jobs]), strict=True):
-            job.released = True
+            job.claim_settled = True
             if isinstance(result, Exception):
                 log.warning("could not release claim; it expires with its lease",
                             extra={"reason": code_of(result)})
 
     async def _release(self, jobs: list[_Job]) -> None:
-        """On cancellation: free the claims of messages not finished, for their redeliveries."""
+        """On cancellation: free the claims of messages not finished, for their redeliveries,
+        once a first stage still running on the envelope thread has written them (bounded)."""
+        await self._first.wait_idle(MAX_CLAIM_WAIT_S)
         owned = [job for job in jobs if _owns_claim(job)]
         if owned:
             self._release_now(owned)
@@ -327,32 +337,13 @@ class SecureReceiver:
     def _settle(self, job: _Job) -> Outcome:
         verdict = _verdict(job)
         queue = job.delivery.queue
-        self._count(job, queue)
+        count(job.progress.claim, job.progress.opened, queue)
         if verdict.fault is Fault.LOCAL:
             failure = _failure(job.progress) or RuntimeError("no failure recorded")
-            LOCAL_FAULTS.labels(queue=queue, code=code_of(failure)).inc()
+            count_local_fault(queue, code_of(failure))
             log.error("message requeued: our own fault", exc_info=failure,
                       extra={"queue": queue, "message_id": job.delivery.message_id})
         return verdict.outcome
-
-    @staticmethod
-    def _count(job: _Job, queue: str) -> None:
-        claim = job.progress.claim
-        if isinstance(claim, Claim):
-            if claim.outcome is ClaimOutcome.DUPLICATE_DONE:
-                DUPLICATES.labels(queue=queue, kind="done").inc()
-                # A redelivery after a crash looks the same as a replay, so this is INFO.
-                log.info("duplicate delivery acked",
-                         extra={"queue": queue, "sender": claim.sender,
-                                "msg_id": claim.msg_id.hex()})
-                return
-            if claim.outcome is ClaimOutcome.DUPLICATE_IN_PROGRESS:
-                DUPLICATES.labels(queue=queue, kind="in_progress").inc()
-                return
-            if claim.reclaimed:
-                DUPLICATES.labels(queue=queue, kind="reclaimed").inc()
-        if claim is not PENDING and not isinstance(claim, Exception):
-            _accepted_counter(queue, job.opened.msg_type).inc()
 
 
 def _verdict(job: _Job) -> Verdict:
@@ -364,12 +355,14 @@ def _verdict(job: _Job) -> Verdict:
 
 
 def _needs_second(job: _Job) -> bool:
-    return job.step is Stage.SEAL or job.step is Stage.COMPLETE or _to_release(job)
+    return (job.step is Stage.SEAL or job.step is Stage.COMPLETE
+            or _settles(job, "release") or _settles(job, "finish"))
 
 
-def _to_release(job: _Job) -> bool:
+def _settles(job: _Job, action: str) -> bool:
     step = job.step
-    return isinstance(step, Verdict) and step.release and not job.released
+    return (isinstance(step, Verdict) and not job.claim_settled
+            and (step.release if action == "release" else step.finish))
 
 
 def _sealed_data(job: _Job) -> bytes | None:

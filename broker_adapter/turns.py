@@ -11,7 +11,8 @@ thread) is what makes the secure path affordable. Everything of that kind is bui
   to ``run`` as one batch; each caller awaits only its own answers;
 - ``EnvelopeWorker``: where opening work runs: inline on the loop for a small batch (a hand-off
   costs more than it saves there), else on ONE thread (ECDSA verification and AES-GCM release
-  the GIL, so the loop keeps moving frames, completing claims and sealing replies meanwhile).
+  the GIL, so the loop keeps moving frames, completing claims and sealing replies meanwhile);
+  the codec and the replay stores are safe from both at once.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
 T = TypeVar("T")
 
-# Batches smaller than this run on the loop when the thread is idle: for a lone request the
+# Batches smaller than this run on the loop: for a lone request the
 # hand-off and the thread's wake-up cost more latency than the work they move.
 MIN_THREAD_BATCH = 4
 
@@ -39,10 +40,6 @@ class PerTurn:
     def __init__(self, callback: Callable[[], None]) -> None:
         self._callback = callback
         self._scheduled = False
-
-    @property
-    def scheduled(self) -> bool:
-        return self._scheduled
 
     def schedule(self) -> None:
         if not self._scheduled:
@@ -121,13 +118,26 @@ class TurnBatcher(Generic[ItemT, ResultT]):
         finally:
             self._running = False
 
+    async def wait_idle(self, timeout_s: float) -> None:
+        """Wait, at most ``timeout_s``, until no batch is being run."""
+        flusher = self._flusher
+        if flusher is not None and not flusher.done():
+            await asyncio.wait({flusher}, timeout=timeout_s)
+
     async def _run_batch(self, batch: list[_Entry[ItemT]]) -> None:
         try:
             results = await self._run([item for entry in batch for item in entry.items])
-        except Exception as exc:  # noqa: BLE001 - handed to every caller of this batch
+        except BaseException as exc:
+            # Handed to every caller of this batch, so that nobody is left waiting.
             for entry in batch:
-                if not entry.future.done():
+                if entry.future.done():
+                    continue
+                if isinstance(exc, Exception):
                     entry.future.set_exception(exc)
+                else:
+                    entry.future.cancel()
+            if not isinstance(exc, Exception):
+                raise
             return
         at = 0
         for entry in batch:

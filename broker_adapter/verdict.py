@@ -98,8 +98,11 @@ class Progress:
 @dataclass(frozen=True, slots=True)
 class Verdict:
     outcome: Outcome
-    # Free the replay claim so that a redelivery may process the message again.
+    # Free the replay claim so that a redelivery may process the message again (our fault).
     release: bool = False
+    # Record the claim as done without an answer: the handler ran, and the sender's retries
+    # or replays of a message it spoilt must not run it again (the message's fault).
+    finish: bool = False
     # A finished duplicate: send its cached answer again (its requester may have lost it).
     resend_cached: bool = False
     # Whose fault a failure was (None: no failure); a local fault is counted and alerted.
@@ -113,8 +116,12 @@ def outcome_for(exc: BaseException) -> Outcome:
     return Requeue(f"{code_of(exc)}: {type(exc).__name__}: {exc}"[:_MAX_DETAIL])
 
 
-def failed(exc: BaseException, *, release: bool = False) -> Verdict:
-    return Verdict(outcome_for(exc), release=release, fault=fault_of(exc))
+def failed(exc: BaseException, *, claimed: bool = False) -> Verdict:
+    """The verdict of a failure; ``claimed``: the message holds a claim it has not finished."""
+    fault = fault_of(exc)
+    remote = fault is Fault.REMOTE
+    return Verdict(outcome_for(exc), release=claimed and not remote,
+                   finish=claimed and remote, fault=fault)
 
 
 def _claimed(p: Progress) -> bool:
@@ -133,7 +140,7 @@ def decide(p: Progress) -> Stage | Verdict:
     if p.reply is PENDING:
         return Stage.HANDLE
     if isinstance(p.reply, Exception):
-        return failed(p.reply, release=_claimed(p))
+        return failed(p.reply, claimed=_claimed(p))
     return _after_handling(p)
 
 
@@ -158,7 +165,7 @@ def _after_handling(p: Progress) -> Stage | Verdict:
             return Stage.SEAL
         if isinstance(p.sealed, Exception):
             # A reply that cannot be sealed to its requester is this message's own verdict.
-            return failed(p.sealed, release=_claimed(p))
+            return failed(p.sealed, claimed=_claimed(p))
     return _after_sealing(p, answers)
 
 

@@ -114,6 +114,10 @@ class Consumer:
 
     async def _on_raw(self, message: DeliveredMessage) -> None:
         raw = RawDelivery(message)
+        if self._stopping:
+            # Arrived after the cancel: give it back for another worker.
+            await self._settle_quietly(raw, requeue=True)
+            return
         self._acks.delivered(raw)
         # Collected until the loop's next turn and handled in tasks of our own: a channel's
         # closing cancels aiormq's callback task, and a handling cancelled halfway would give
@@ -268,9 +272,15 @@ class Consumer:
             await asyncio.wait_for(self._idle.wait(), timeout=drain_timeout_s)
         except TimeoutError:
             log.warning("drain timed out; cancelling %d handlings", len(self._in_flight))
-            for task in list(self._in_flight):
+            cancelled = list(self._in_flight)
+            for task in cancelled:
                 task.cancel()
-        await self._acks.drain()
+            # Their requeues and claim releases finish before the channel and store close.
+            await asyncio.wait(cancelled, timeout=_CLOSE_TIMEOUT_S)
+        try:
+            await asyncio.wait_for(self._acks.drain(), _CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("acks not sent before shutdown; the broker will redeliver")
         if self._channel is not None and not self._channel.is_closed:
             try:
                 await asyncio.wait_for(self._channel.close(), _CLOSE_TIMEOUT_S)

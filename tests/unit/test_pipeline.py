@@ -5,6 +5,7 @@ neighbours in the batch do."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -15,7 +16,7 @@ from broker_adapter import pipeline
 from broker_adapter.codec import EnvelopeCodec
 from broker_adapter.envelope import OpenedMessage
 from broker_adapter.errors import PublishNackedError
-from broker_adapter.replay import ReplayGuard, ReplayStore, ReplayStoreError
+from broker_adapter.replay import ClaimRequest, ReplayGuard, ReplayStore, ReplayStoreError
 from broker_adapter.replay_stores import MemoryReplayStore, SqliteReplayStore
 from broker_adapter.secure import SecureEndpoint, SecureRequester
 from broker_adapter.transport import Delivery, OutgoingMessage, Publisher
@@ -117,11 +118,13 @@ async def test_one_reply_that_cannot_be_sealed_fails_only_its_own_message(
     assert len(world.publisher.to("af1.example.com")) == 1
     assert len(world.publisher.to("af3.example.com")) == 1
     assert world.publisher.to("af2.example.com") == []
-    # af2's claim was freed: the same bytes, once its certificate is fixed, are handled again.
+    # af2's claim was recorded as done without an answer: its retries of the same bytes are
+    # harmless duplicates, not a second run of the handler.
     world.handled.clear()
     again = await world.receiver([batch[0], batch[1], batch[2]])
-    assert world.handled == [b"af2.example.com"]
-    assert again[0] == again[2] == Ack()
+    assert world.handled == []
+    assert again == [Ack(), Ack(), Ack()]
+    assert world.publisher.to("af2.example.com") == []
     world.close()
 
 
@@ -272,3 +275,57 @@ def _local_faults(queue: str, code: str) -> float:
     value = REGISTRY.get_sample_value("akma_secure_local_faults_total",
                                       {"queue": queue, "code": code})
     return value or 0.0
+
+
+async def test_a_bug_while_one_message_waits_fails_only_that_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(pipeline, "MAX_CLAIM_WAIT_S", 1.0)
+    world = World(af2_can_receive=True)
+    mine, held = world.seal(AFS[0], b"mine"), world.seal(AFS[1], b"held")
+    other = world.endpoint.open(held)  # another worker holds this one
+    world.guard.claim([ClaimRequest(other.sender, other.msg_id, other.digest, other.timestamp_ms)])
+    claim_many = world.store.claim_many
+    calls = 0
+
+    def broken_after_first(items: Any, now_ms: int) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise RuntimeError("store driver bug")
+        return claim_many(items, now_ms)
+
+    monkeypatch.setattr(world.store, "claim_many", broken_after_first)
+    outcomes = await world.receiver([mine, held])
+    assert outcomes[0] == Ack()
+    assert isinstance(outcomes[1], Requeue) and "store driver bug" in outcomes[1].detail
+    monkeypatch.setattr(world.store, "claim_many", claim_many)
+    # The neighbour's claim was completed, not abandoned: its redelivery is a duplicate.
+    assert await world.receiver([mine]) == [Ack()]
+    assert world.handled == [b"mine"]
+    world.close()
+
+
+async def test_a_batch_cancelled_on_the_envelope_thread_leaves_no_claim_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(pipeline, "MAX_CLAIM_WAIT_S", 0.3)
+    world = World(thread=True, af2_can_receive=True)
+    opening = world.endpoint.open
+
+    def slow_open(delivery: Delivery) -> OpenedMessage:
+        time.sleep(0.05)
+        return opening(delivery)
+
+    monkeypatch.setattr(world.endpoint, "open", slow_open)
+    batch = [world.seal(AFS[i % 3], bytes([i])) for i in range(6)]
+    task = asyncio.ensure_future(world.receiver(batch))
+    await asyncio.sleep(0.1)  # the thread is opening and claiming the batch now
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    monkeypatch.setattr(world.endpoint, "open", opening)
+    # Every claim the thread made was released: the redeliveries are processed at once.
+    assert await world.receiver(batch) == [Ack()] * 6
+    assert sorted(world.handled) == [bytes([i]) for i in range(6)]
+    world.close()

@@ -81,7 +81,7 @@ async def test_a_failing_run_fails_each_caller_of_its_batch_and_not_the_next() -
     assert await batcher.submit([2]) == [2]
 
 
-async def test_small_work_runs_inline_when_the_thread_is_idle() -> None:
+async def test_small_work_runs_inline_and_large_work_on_the_thread() -> None:
     worker = EnvelopeWorker()
     try:
         assert await worker.run(threading.get_ident, 1) == threading.get_ident()

@@ -96,16 +96,17 @@ TABLE: list[tuple[Progress, Stage | Verdict]] = [
     (_p(opened=OPENED, claim=PROCESS), Stage.HANDLE),
     (_p(opened=OPENED, claim=RECLAIMED), Stage.HANDLE),
     (_p(opened=OPENED, claim=SKIPPED), Stage.HANDLE),
-    # A handler's remote fault dead-letters and frees the claim; a bug requeues and frees it.
+    # A handler's remote fault dead-letters and records the claim as done (its retries must not
+    # run the handler again); our fault requeues and frees the claim for the redelivery.
     (_p(**_ok_through_handle(UnexpectedResponderError("u"))),
-     Verdict(DeadLetter("unexpected_responder", "u"), release=True, fault=Fault.REMOTE)),
+     Verdict(DeadLetter("unexpected_responder", "u"), finish=True, fault=Fault.REMOTE)),
     (_p(**_ok_through_handle(UnexpectedResponderError("u"), SKIPPED)),
      Verdict(DeadLetter("unexpected_responder", "u"), fault=Fault.REMOTE)),
     (_p(**_ok_through_handle(REPLY)), Stage.SEAL),
     (_p(**_ok_through_handle(None)), Stage.COMPLETE),
     (_p(**_ok_through_handle(None, SKIPPED)), Verdict(Ack())),
     (_p(**_ok_through_handle(), sealed=NoRecipientKeyError("af2")),
-     Verdict(DeadLetter("no_recipient_key", "af2"), release=True, fault=Fault.REMOTE)),
+     Verdict(DeadLetter("no_recipient_key", "af2"), finish=True, fault=Fault.REMOTE)),
     (_p(**_ok_through_handle(), sealed=SEALED), Stage.COMPLETE),
     (_p(**_ok_through_handle(), sealed=SEALED, completed=True), Stage.PUBLISH),
     # Ownership lost to a reclaim changes nothing: the handler's effects stand.
@@ -155,7 +156,8 @@ def test_every_combination_ends_or_names_a_stage_not_yet_run() -> None:
             assert getattr(progress, _FIELDS[result]) is PENDING, values
         else:
             assert isinstance(result.outcome, Ack | DeadLetter | Requeue)
-            assert not result.release or isinstance(progress.claim, Claim)
+            assert not (result.release or result.finish) or isinstance(progress.claim, Claim)
+            assert not (result.release and result.finish)
             if result.fault is not None:
                 assert isinstance(result.outcome, DeadLetter) is (result.fault is Fault.REMOTE)
 
