@@ -57,6 +57,14 @@ class UntrustedSignerError(EnvelopeError):
     code = "untrusted_signer"
 
 
+class StaleTrustError(UntrustedSignerError):
+    """Our own trust material lapsed (no current CRL for the issuing CA): no verdict on the
+    message; every message would fail alike until the CRL is renewed."""
+
+    code = "stale_trust"
+    fault = Fault.LOCAL
+
+
 class RevokedSignerError(UntrustedSignerError):
     code = "revoked_signer"
 

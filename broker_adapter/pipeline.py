@@ -3,8 +3,8 @@ message's outcome is ``verdict.decide`` of its own results.
 
 Stages, with where they run:
 1. open (checks 1-7) and claim (check 8), as one job on the ``EnvelopeWorker``;
-   a claim another worker holds, or a replay store that is down, is retried for that message
-   alone with a bounded wait while the rest of the batch goes on;
+   claims another worker holds, or a replay store that is down, are retried together with a
+   bounded wait while the rest of the batch is handled;
 2. the handlers, side by side on the loop;
 3. seal the replies, complete the claims and release those of failed messages, on the loop (the
    envelope thread is the bottleneck under load; this work holds the GIL wherever it runs);

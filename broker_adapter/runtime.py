@@ -134,7 +134,8 @@ async def _reload_trust_periodically(trust: TrustStore, every_s: float) -> None:
         await asyncio.sleep(every_s)
         try:
             # A bad file on disk keeps the old snapshot in force; we only log it.
-            trust.reload()
+            # On a thread: reading and verifying the files must not stall the event loop.
+            await asyncio.to_thread(trust.reload)
         except Exception:
             log.warning("trust reload failed; keeping the previous trust material", exc_info=True)
 

@@ -1,8 +1,8 @@
 """Secure messaging of one party: seal and publish, serve requests, send requests.
 
 - ``SecureEndpoint``: seals to a named peer and publishes; opens a delivery (checks 1-7, with the
-  broker-validated ``user_id`` bound to the sender). Its blocking work runs on the party's
-  ``EnvelopeWorker``.
+  broker-validated ``user_id`` bound to the sender). The receive path opens large batches on
+  the party's ``EnvelopeWorker`` thread.
 - ``SecureResponder``: consumes a request queue through the one receive path
   (``pipeline.SecureReceiver``) and answers each request, sealed to its authenticated sender.
 - ``SecureRequester``: sends sealed requests and matches sealed answers by their signed

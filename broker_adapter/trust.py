@@ -19,6 +19,7 @@ from broker_adapter.envelope_errors import (
     ExpiredSignerError,
     NoRecipientKeyError,
     RevokedSignerError,
+    StaleTrustError,
     TrustStoreError,
     UntrustedSignerError,
 )
@@ -112,12 +113,12 @@ class TrustSnapshot:
         if revocation is not None:
             if now_ms > revocation.next_update_ms:
                 # Failing closed: without a current CRL a revoked key could not be told apart.
-                raise UntrustedSignerError("CRL is past its nextUpdate")
+                raise StaleTrustError("CRL is past its nextUpdate")
             if entry.cert.serial_number in revocation.serials:
                 raise RevokedSignerError(f"serial {entry.cert.serial_number:x} is revoked")
             until = min(until, revocation.next_update_ms)
         elif self.require_crl:
-            raise UntrustedSignerError("no CRL for the issuing CA")
+            raise StaleTrustError("no CRL for the issuing CA")
         cached = self._verdicts.get(entry.kid)
         if cached is None or now_ms > cached.valid_until_ms:
             failure = self._verify_chain(entry, now_ms, signing=signing)
@@ -178,14 +179,20 @@ class TrustSnapshot:
 
     def encryption_key_for(self, identity: str, suite: Suite, now_ms: int) -> RecipientKey:
         """The newest trusted encryption key of ``identity`` for the suite's KEM."""
+        stale: StaleTrustError | None = None
         for entry in self._encryption.get(identity, ()):
             if entry.kem is not suite.kem:
                 continue
             try:
                 self._check(entry.peer, now_ms, signing=False)
+            except StaleTrustError as exc:
+                stale = exc
+                continue
             except UntrustedSignerError:
                 continue
             return RecipientKey(identity, entry.peer.kid, entry.public_key)
+        if stale is not None:
+            raise stale  # our lapsed CRL, not the peer's certificate
         raise NoRecipientKeyError(f"no trusted {suite.kem.value} key for {identity!r}")
 
     def identities(self) -> frozenset[str]:

@@ -99,6 +99,7 @@ class SqliteReplayStore:
         self._path = str(path)
         self._checkpointer: sqlite3.Connection | None = None
         self._lock = threading.Lock()
+        self._checkpoint_lock = threading.Lock()
         try:
             self._conn = sqlite3.connect(
                 str(path), isolation_level=None, check_same_thread=False,
@@ -166,21 +167,24 @@ class SqliteReplayStore:
                 return
             self._closed = True
             self._conn.close()
+        with self._checkpoint_lock:  # after a checkpoint still running on its thread
             if self._checkpointer is not None:
                 self._checkpointer.close()
+                self._checkpointer = None
 
     def checkpoint(self) -> None:
         """Copy the WAL into the database from a second connection; in WAL mode a passive
         checkpoint never blocks claims, so call it from any thread other than the claims'."""
-        if self._closed:
-            return
-        try:
-            if self._checkpointer is None:
-                self._checkpointer = sqlite3.connect(
-                    self._path, isolation_level=None, check_same_thread=False)
-            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        except sqlite3.Error as exc:
-            raise ReplayStoreError(f"checkpoint failed: {exc}") from exc
+        with self._checkpoint_lock:
+            if self._closed:
+                return
+            try:
+                if self._checkpointer is None:
+                    self._checkpointer = sqlite3.connect(
+                        self._path, isolation_level=None, check_same_thread=False)
+                self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as exc:
+                raise ReplayStoreError(f"checkpoint failed: {exc}") from exc
 
     def purge(self, now_ms: int, limit: int | None = None) -> int:
         """Delete expired rows now (at most ``limit``); returns how many were deleted."""
@@ -188,11 +192,12 @@ class SqliteReplayStore:
 
     def stats(self) -> SqliteStats:
         try:
-            conn = self._open_conn()
-            rows = conn.execute("SELECT count(*) FROM replay").fetchone()[0]
-            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-            pages = conn.execute("PRAGMA page_count").fetchone()[0]
-            free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+            with self._lock:
+                conn = self._open_conn()
+                rows = conn.execute("SELECT count(*) FROM replay").fetchone()[0]
+                page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+                pages = conn.execute("PRAGMA page_count").fetchone()[0]
+                free = conn.execute("PRAGMA freelist_count").fetchone()[0]
         except sqlite3.Error as exc:
             raise ReplayStoreError(f"replay store: {exc!r}") from exc
         return SqliteStats(rows=rows, bytes_used=(pages - free) * page_size)

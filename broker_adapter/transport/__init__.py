@@ -1,4 +1,5 @@
-"""The I/O shell: the only part of ``broker_adapter`` that imports aio-pika or opens sockets."""
+"""The I/O shell: connection, consumer, publisher; the rest of ``broker_adapter`` uses aio-pika
+only for its connection type."""
 
 from broker_adapter.transport.connection import amqp_url, connect
 from broker_adapter.transport.consumer import Consumer

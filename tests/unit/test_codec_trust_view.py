@@ -13,13 +13,21 @@ from cryptography.hazmat.primitives import hpke
 from broker_adapter import envelope_errors as errors
 from broker_adapter.codec import EnvelopeCodec
 from broker_adapter.envelope import VerifiedSigner
-from broker_adapter.envelope_errors import OwnCertificateExpiredError
+from broker_adapter.envelope_errors import OwnCertificateExpiredError, StaleTrustError
 from broker_adapter.errors import Fault
 from broker_adapter.identity import RecipientKey, kid_of
 from broker_adapter.suites import DEFAULT_SUITE_NAME, KemAlgorithm, Suite
 from broker_adapter.trust_view import TrustView
 from broker_adapter.verdict import Requeue, outcome_for
-from tests.unit.envelope_helpers import NOW, POLICY, Party, TestPki, counter_rng, fixed_clock
+from tests.unit.envelope_helpers import (
+    NOW,
+    NOW_MS,
+    POLICY,
+    Party,
+    TestPki,
+    counter_rng,
+    fixed_clock,
+)
 
 
 class InMemoryTrust:
@@ -111,3 +119,22 @@ def test_sealing_with_our_own_expired_signing_certificate_is_our_fault() -> None
         codec.encode(recipient="network", msg_type="akma.t", body=b"x")
     assert raised.value.fault is Fault.LOCAL
     assert isinstance(outcome_for(raised.value), Requeue)
+
+
+def test_a_lapsed_crl_is_our_fault_when_opening_and_when_sealing() -> None:
+    ca = TestPki()
+    network, af = ca.party("network"), ca.party("af1.example.com")
+    trust = ca.trust([network, af], crl_days=7)
+    fresh = EnvelopeCodec(identity=af.identity, trust=trust, policy=POLICY,
+                          clock=fixed_clock(), rng=counter_rng(1))
+    data = fresh.encode(recipient="network", msg_type="akma.t", body=b"x").data
+    later = fixed_clock(NOW_MS + 8 * 86_400_000)  # past the CRL's nextUpdate
+    receiver = EnvelopeCodec(identity=network.identity, trust=trust, policy=POLICY, clock=later,
+                             rng=counter_rng(5))
+    # The signer is checked (step 5) before the timestamp (step 7).
+    with pytest.raises(StaleTrustError) as opening:
+        receiver.decode(data, broker_user_id="af1.example.com")
+    assert opening.value.fault is Fault.LOCAL
+    with pytest.raises(StaleTrustError) as sealing:
+        receiver.encode(recipient="af1.example.com", msg_type="akma.t", body=b"x")
+    assert isinstance(outcome_for(sealing.value), Requeue)
