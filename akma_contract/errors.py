@@ -46,6 +46,8 @@ class ContractError(Exception):
     """Root of every error raised by ``akma_contract``."""
 
     code: str = "contract_error"
+    # A body that breaks the contract is its sender's fault (``broker_adapter.errors.Fault``).
+    fault: str = "remote"
 
     def __init__(self, detail: str = "") -> None:
         super().__init__(f"{self.code}: {detail}" if detail else self.code)

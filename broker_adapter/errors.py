@@ -25,9 +25,12 @@ class BrokerAdapterError(Exception):
 
 
 def fault_of(exc: BaseException) -> Fault:
-    """Whose fault ``exc`` is; anything that does not say is a bug of ours."""
+    """Whose fault ``exc`` is; anything that does not say is a bug of ours. A package that does
+    not depend on this one may say it with the plain strings "remote" and "local"."""
     fault = getattr(type(exc), "fault", None)
-    return fault if isinstance(fault, Fault) else Fault.LOCAL
+    if isinstance(fault, Fault):
+        return fault
+    return Fault.REMOTE if fault == Fault.REMOTE.value else Fault.LOCAL
 
 
 def code_of(exc: BaseException) -> str:

@@ -337,7 +337,8 @@ class SecureReceiver:
     def _settle(self, job: _Job) -> Outcome:
         verdict = _verdict(job)
         queue = job.delivery.queue
-        count(job.progress.claim, job.progress.opened, queue)
+        count(job.progress.claim, job.progress.opened, queue,
+              lease_lost=job.progress.completed is False)
         if verdict.fault is Fault.LOCAL:
             failure = _failure(job.progress) or RuntimeError("no failure recorded")
             count_local_fault(queue, code_of(failure))

@@ -41,8 +41,13 @@ def count_local_fault(queue: str, code: str) -> None:
     LOCAL_FAULTS.labels(queue=queue, code=code).inc()
 
 
-def count(claim: object, opened: object, queue: str) -> None:
+def count(claim: object, opened: object, queue: str, *, lease_lost: bool = False) -> None:
     """Count one settled message by what its claim said."""
+    if lease_lost:
+        # Handled after another worker had reclaimed it: both ran the (idempotent) handler.
+        DUPLICATES.labels(queue=queue, kind="lease_lost").inc()
+        log.warning("claim lost to a reclaim before completion; handled twice",
+                    extra={"queue": queue})
     if isinstance(claim, Claim):
         if claim.outcome is ClaimOutcome.DUPLICATE_DONE:
             DUPLICATES.labels(queue=queue, kind="done").inc()

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from akma_contract.errors import InvalidBodyError
 from broker_adapter.codec import EnvelopeCodec
 from broker_adapter.envelope_errors import (
     BadSignatureError,
@@ -185,3 +186,8 @@ def test_network_side_errors_say_whose_fault_they_are() -> None:
         "conflict", "a-kid of another supi")
     assert isinstance(outcome_for(StoreError("disk")), Requeue)
     assert isinstance(outcome_for(UnknownAkidError("x")), DeadLetter)
+
+
+def test_a_contract_error_is_the_sender_s_fault_without_depending_on_broker_adapter() -> None:
+    assert fault_of(InvalidBodyError("x")) is Fault.REMOTE
+    assert isinstance(outcome_for(InvalidBodyError("x")), DeadLetter)
