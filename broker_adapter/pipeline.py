@@ -305,6 +305,8 @@ class SecureReceiver:
     async def _publish(self, jobs: list[_Job]) -> None:
         sending = [job for job in jobs if job.step is Stage.PUBLISH]
         resending = [job for job in jobs if _verdict(job).resend_cached]
+        if not sending and not resending:
+            return
         results = await asyncio.gather(*(self._publish_reply(job) for job in sending),
                                        *(self._resend(job) for job in resending),
                                        return_exceptions=True)
