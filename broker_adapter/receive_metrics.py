@@ -31,9 +31,21 @@ LOCAL_FAULTS = Counter(
 )
 
 
+# A trusted but abusive sender may sign any message type: past this many per queue, the rest are
+# counted as "other", so the metric's series stay bounded.
+MAX_MSG_TYPE_LABELS = 64
+_msg_types: dict[str, set[str]] = {}
+
+
 @functools.lru_cache(maxsize=256)
 def _accepted_counter(queue: str, msg_type: str) -> Any:
-    # ``labels()`` hashes and locks on every call; message types are checked by the envelope.
+    # ``labels()`` hashes and locks on every call, so children are looked up once.
+    seen = _msg_types.setdefault(queue, set())
+    if msg_type not in seen:
+        if len(seen) >= MAX_MSG_TYPE_LABELS:
+            msg_type = "other"
+        else:
+            seen.add(msg_type)
     return ACCEPTED.labels(queue=queue, msg_type=msg_type)
 
 

@@ -10,8 +10,10 @@ import itertools
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from akma_contract.errors import InvalidBodyError
+from broker_adapter import receive_metrics
 from broker_adapter.codec import EnvelopeCodec
 from broker_adapter.envelope_errors import (
     BadSignatureError,
@@ -191,3 +193,16 @@ def test_network_side_errors_say_whose_fault_they_are() -> None:
 def test_a_contract_error_is_the_sender_s_fault_without_depending_on_broker_adapter() -> None:
     assert fault_of(InvalidBodyError("x")) is Fault.REMOTE
     assert isinstance(outcome_for(InvalidBodyError("x")), DeadLetter)
+
+
+def test_accepted_message_types_are_bounded_per_queue() -> None:
+    queue = "bounded.queue"
+    for i in range(receive_metrics.MAX_MSG_TYPE_LABELS + 10):
+        receive_metrics.count(SKIPPED, OPENED.__class__(**{
+            **{f: getattr(OPENED, f) for f in OPENED.__dataclass_fields__},
+            "msg_type": f"akma.t{i}"}), queue)
+    labels = {s.labels["msg_type"] for m in REGISTRY.collect()
+              if m.name == "akma_secure_accepted" for s in m.samples
+              if s.labels.get("queue") == queue}
+    assert len(labels) == receive_metrics.MAX_MSG_TYPE_LABELS + 1
+    assert "other" in labels
