@@ -129,26 +129,15 @@ async def _open_store(settings: SecuritySettings) -> ReplayStore:
             await asyncio.sleep(0.05)
 
 
-async def _reload_trust_periodically(trust: TrustStore, every_s: float) -> None:
+async def _periodically(every_s: float, work: Callable[[], None], failed: str) -> None:
+    """``work`` every ``every_s`` on a thread of its own (file reads, an fsync: never on the
+    event loop); a failure is logged and the next round tries again."""
     while True:
         await asyncio.sleep(every_s)
         try:
-            # A bad file on disk keeps the old snapshot in force; we only log it.
-            # On a thread: reading and verifying the files must not stall the event loop.
-            await asyncio.to_thread(trust.reload)
+            await asyncio.to_thread(work)
         except Exception:
-            log.warning("trust reload failed; keeping the previous trust material", exc_info=True)
-
-
-async def _checkpoint_periodically(store: SqliteReplayStore, every_s: float) -> None:
-    while True:
-        await asyncio.sleep(every_s)
-        try:
-            # On a thread of its own: the checkpoint's fsync must not stall the event loop, and
-            # a passive checkpoint from its own connection does not block claims.
-            await asyncio.to_thread(store.checkpoint)
-        except ReplayStoreError:
-            log.warning("replay store checkpoint failed; retried later", exc_info=True)
+            log.warning(failed, exc_info=True)
 
 
 async def open_secure_party(
@@ -195,9 +184,14 @@ async def open_secure_party(
     )
     party = SecureParty(connection, publisher, endpoint, trust, store)
     party._tasks.append(
-        asyncio.create_task(_reload_trust_periodically(trust, security.trust_reload_s))
+        # A bad file on disk keeps the previous snapshot in force.
+        asyncio.create_task(_periodically(
+            security.trust_reload_s, trust.reload,
+            "trust reload failed; keeping the previous trust material"))
     )
     if isinstance(store, SqliteReplayStore):
         party._tasks.append(asyncio.create_task(
-            _checkpoint_periodically(store, _CHECKPOINT_EVERY_S)))
+            # A passive checkpoint from its own connection does not block claims.
+            _periodically(_CHECKPOINT_EVERY_S, store.checkpoint,
+                          "replay store checkpoint failed; retried later")))
     return party
