@@ -15,13 +15,15 @@ import os
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
+from as_side.client import AkmaKeyClient
+from broker_adapter.transport import BrokerSettings
 from reliability.cluster import LocalCluster
 from reliability.proxy import TcpProxy
 from reliability.result import Scale, Scenario, ScenarioResult
@@ -65,6 +67,18 @@ _FULL_SCALE_REQUESTS = 1000
 # A crash-window repeat: one issuance by the killed worker, one after the redelivery.
 _CRASH_WINDOW_ISSUES = 2
 _CLUSTER_SIZE = 3
+
+
+@contextlib.asynccontextmanager
+async def _two_afs(
+    lab: Lab, settings: Callable[[str], BrokerSettings]
+) -> AsyncIterator[dict[str, AkmaKeyClient]]:
+    """Both AF workers of a scenario, by name."""
+    async with (
+        af_service(lab, settings(AF1), AF1, timeout_s=AF_TIMEOUT_S, attempts=AF_ATTEMPTS) as a1,
+        af_service(lab, settings(AF2), AF2, timeout_s=AF_TIMEOUT_S, attempts=AF_ATTEMPTS) as a2,
+    ):
+        yield {AF1: a1.client, AF2: a2.client}
 
 
 def _metric(name: str, **labels: str) -> float:
@@ -194,15 +208,9 @@ async def broker_crash(scale: Scale) -> ScenarioResult:
             retries_before, resends_before = _publish_retries(), _cached_resends()
             async with (
                 inprocess_network(lab, settings("network"), ues) as net,
-                af_service(
-                    lab, settings(AF1), AF1, timeout_s=AF_TIMEOUT_S, attempts=AF_ATTEMPTS
-                ) as a1,
-                af_service(
-                    lab, settings(AF2), AF2, timeout_s=AF_TIMEOUT_S, attempts=AF_ATTEMPTS
-                ) as a2,
+                _two_afs(lab, settings) as clients,
             ):
                 report = LoadReport()
-                clients = {AF1: a1.client, AF2: a2.client}
                 report, ended = await _with_faults(
                     drive(clients, jobs, concurrency=64, report=report),
                     report,
@@ -378,19 +386,14 @@ async def _worker_crash(scale: Scale, store: str) -> ScenarioResult:
                         events.append(f"{victim.label} restarted")
 
                 async with (
-                    af_service(
-                        lab, settings(AF1), AF1, timeout_s=AF_TIMEOUT_S, attempts=AF_ATTEMPTS
-                    ) as a1,
-                    af_service(
-                        lab, settings(AF2), AF2, timeout_s=AF_TIMEOUT_S, attempts=AF_ATTEMPTS
-                    ) as a2,
+                    _two_afs(lab, settings) as clients,
                 ):
                     report = LoadReport()
                     # Unpaced, so that the victim is busy when it dies: deliveries it has
                     # handled but not acked, and claims it holds, are what the test is about.
                     # The restart (second fault) happens if the load is still running.
                     report, ended = await _with_faults(
-                        drive({AF1: a1.client, AF2: a2.client}, jobs, concurrency=128,
+                        drive(clients, jobs, concurrency=128,
                               report=report),
                         report,
                         _fault_points(len(jobs), 2),
@@ -492,16 +495,11 @@ async def link_faults(scale: Scale) -> ScenarioResult:
             try:
                 async with (
                     inprocess_network(lab, settings("network"), ues) as net,
-                    af_service(
-                        lab, settings(AF1), AF1, timeout_s=AF_TIMEOUT_S, attempts=AF_ATTEMPTS
-                    ) as a1,
-                    af_service(
-                        lab, settings(AF2), AF2, timeout_s=AF_TIMEOUT_S, attempts=AF_ATTEMPTS
-                    ) as a2,
+                    _two_afs(lab, settings) as clients,
                 ):
                     report = LoadReport()
                     report, ended = await _with_faults(
-                        drive({AF1: a1.client, AF2: a2.client}, jobs, concurrency=64,
+                        drive(clients, jobs, concurrency=64,
                               rate_per_s=max(scale.requests / 12.0, 20.0), report=report),
                         report,
                         _fault_points(len(jobs), len(plan)),
@@ -630,19 +628,14 @@ async def cluster(scale: Scale) -> ScenarioResult:
             nacks_before = _publish_nacks()
             async with (
                 inprocess_network(lab, settings("network"), ues) as net,
-                af_service(
-                    lab, settings(AF1), AF1, timeout_s=AF_TIMEOUT_S, attempts=AF_ATTEMPTS
-                ) as a1,
-                af_service(
-                    lab, settings(AF2), AF2, timeout_s=AF_TIMEOUT_S, attempts=AF_ATTEMPTS
-                ) as a2,
+                _two_afs(lab, settings) as clients,
             ):
                 report = LoadReport()
                 faults = 2 if full else 1
                 # Paced so that the load outlasts a node's shutdown and restart.
                 rate = scale.requests / (60.0 if full else 20.0)
                 report, ended = await _with_faults(
-                    drive({AF1: a1.client, AF2: a2.client}, jobs, concurrency=64,
+                    drive(clients, jobs, concurrency=64,
                           rate_per_s=rate, report=report),
                     report,
                     _fault_points(len(jobs), faults),

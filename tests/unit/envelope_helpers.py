@@ -29,6 +29,19 @@ ALL_SUITES = frozenset(SUITES)
 POLICY = EnvelopePolicy(allowed_suites=ALL_SUITES)
 
 
+# The key usage of a message-signing certificate, for tests that build their own.
+SIGN_USAGE = x509.KeyUsage(
+    digital_signature=True,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=False,
+    crl_sign=False,
+    encipher_only=False,
+    decipher_only=False,
+)
+
 def fixed_clock(ms: int = NOW_MS) -> Callable[[], int]:
     return lambda: ms
 

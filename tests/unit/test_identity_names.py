@@ -20,6 +20,7 @@ from infra.errors import InvalidIdentityError
 from tests.unit.envelope_helpers import (
     NOW,
     NOW_MS,
+    SIGN_USAGE,
     TestPki,
     counter_rng,
     fixed_clock,
@@ -79,20 +80,7 @@ def _signing_cert_for_dns(ca: TestPki, dns_name: str) -> x509.Certificate:
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.ca_key.public_key()),
             critical=False,
         )
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(SIGN_USAGE, critical=True)
         .sign(ca.ca_key, hashes.SHA256())
     )
 

@@ -19,19 +19,8 @@ from broker_adapter import envelope_errors as errors
 from broker_adapter.identity import kid_of
 from broker_adapter.trust import TrustMaterial, TrustStore
 from infra import pki
-from tests.unit.envelope_helpers import NOW, NOW_MS, TestPki
+from tests.unit.envelope_helpers import NOW, NOW_MS, SIGN_USAGE, TestPki
 
-_SIGN_USAGE = x509.KeyUsage(
-    digital_signature=True,
-    content_commitment=False,
-    key_encipherment=False,
-    data_encipherment=False,
-    key_agreement=False,
-    key_cert_sign=False,
-    crl_sign=False,
-    encipher_only=False,
-    decipher_only=False,
-)
 # Same encoded length as subjectAltName (2.5.29.17), so the DER can be patched in place.
 _PLACEHOLDER_OID = x509.ObjectIdentifier("2.5.29.99")
 
@@ -75,7 +64,7 @@ def _builder(
         .not_valid_after(NOW + timedelta(days=30))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .add_extension(_SIGN_USAGE, critical=True)
+        .add_extension(SIGN_USAGE, critical=True)
     )
     for ext in extra:
         builder = builder.add_extension(ext, critical=False)
